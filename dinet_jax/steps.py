@@ -52,7 +52,10 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
 
   def compute_loss(params):
     preds, new_stats = _forward(state, params, batch['image'], True, update_stats)
-    loss = loss_fn(preds, batch['saliency'], batch.get('fixation_map'))
+    # A model with auxiliary outputs (e.g. the linear branch-visualisation decoder)
+    # returns a tuple in training; every output is trained with the same loss.
+    outputs = preds if isinstance(preds, (tuple, list)) else (preds,)
+    loss = sum(loss_fn(p, batch['saliency'], batch.get('fixation_map')) for p in outputs)
     return loss, new_stats
 
   (loss, new_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
