@@ -65,7 +65,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
     if update_stats:
       new_stats = jax.lax.pmean(new_stats, axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
   return state, metrics
 
 
