@@ -61,6 +61,9 @@ class ResNet(nn.Module):
     train_bn: update BatchNorm statistics when called with ``train=True``. Default False:
       BatchNorm is frozen as in DINet.
     num_classes: if set, add torchvision's average pool + ``fc`` classifier head.
+    return_stages: return a dict of intermediate outputs instead of the last map:
+      ``'stem'`` (after the max pool, stride 4) and ``'layer1'`` .. ``'layer4'`` (and
+      ``'logits'`` with ``num_classes``). For skip-layer networks; parameters unchanged.
     dtype: computation dtype; parameters stay float32.
   """
 
@@ -69,6 +72,7 @@ class ResNet(nn.Module):
   dilated: bool = True
   train_bn: bool = False
   num_classes: int | None = None
+  return_stages: bool = False
   dtype: Dtype = jnp.float32
 
   @property
@@ -76,8 +80,9 @@ class ResNet(nn.Module):
     return self.width * 8 * 4
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """Maps NHWC images (torchvision-normalised) to the last feature map (or logits)."""
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Any:
+    """Maps NHWC images (torchvision-normalised) to the last feature map (or logits;
+    or the dict of stage outputs with ``return_stages``)."""
     update_stats = train and self.train_bn
     x = x.astype(self.dtype)
     x = conv2d(x, self.width, 7, stride=2, padding=3, name='conv1',
@@ -86,6 +91,7 @@ class ResNet(nn.Module):
                      dtype=self.dtype, name='bn1')(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    stages = {'stem': x}
 
     replace_stride_with_dilation = (False, self.dilated, self.dilated)
     dilation = 1
@@ -108,11 +114,13 @@ class ResNet(nn.Module):
             name=f'layer{stage + 1}_{block}',
         )(x, update_stats)
         in_channels = planes * 4
+      stages[f'layer{stage + 1}'] = x
 
     if self.num_classes is not None:
       x = jnp.mean(x, axis=(1, 2))
       x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-    return x
+      stages['logits'] = x
+    return stages if self.return_stages else x
 
 
 class ResNet50(ResNet):
