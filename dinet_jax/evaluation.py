@@ -1,0 +1,282 @@
+"""Evaluation at the original resolution: per-epoch validation and ``eval.py``.
+
+Predictions are made at the model's input size, the padding is cropped away exactly and
+the map resized back to each image's original size (``input_pipeline.undo_padding``),
+then scored with ``dinet_jax.metrics`` against the original fixations and maps.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from dinet_jax import input_pipeline, metrics
+from dinet_jax.baselines import centre_bias_map
+
+ALL_METRICS = ('auc_judd', 'auc_borji', 'sauc', 'nss', 'cc', 'kld', 'sim', 'information_gain')
+# Higher is better for all but KLD (and the loss).
+LOWER_IS_BETTER = frozenset({'kld', 'loss'})
+SAUC_OTHER_IMAGES = 10  # the MIT benchmark draws negatives from 10 other images
+
+
+def fixation_map(fixations: np.ndarray, count: int, hw: Sequence[int]) -> np.ndarray:
+  """(H, W) float32 counts of the first ``count`` (row, col) fixations."""
+  out = np.zeros(tuple(hw), np.float32)
+  fix = np.asarray(fixations[:count], np.int64)
+  if len(fix):
+    np.add.at(out, (fix[:, 0], fix[:, 1]), 1.0)
+  return out
+
+
+def blur(maps: np.ndarray, sigma: float) -> np.ndarray:
+  if sigma <= 0:
+    return maps
+  from scipy.ndimage import gaussian_filter
+  return gaussian_filter(maps, sigma=sigma, mode='constant')
+
+
+def score(saliency: np.ndarray, fixations: np.ndarray, density: np.ndarray, *,
+          names: Sequence[str], baseline: np.ndarray | None = None,
+          other_fixations: np.ndarray | None = None, protocol: str = 'mit') -> dict[str, np.ndarray]:
+  """Per-image metrics for a stack of same-sized (N, H, W) maps (``protocol``: 'mit' or
+  'salicon', see ``dinet_jax.metrics``)."""
+  out = {}
+  for name in names:
+    if name == 'auc_judd':
+      out[name] = metrics.auc_judd(saliency, fixations)
+    elif name == 'auc_borji':
+      out[name] = metrics.auc_borji(saliency, fixations, protocol=protocol)
+    elif name == 'sauc':
+      out[name] = metrics.sauc(saliency, fixations, other_fixations, protocol=protocol)
+    elif name == 'nss':
+      out[name] = metrics.nss(saliency, fixations, protocol=protocol)
+    elif name == 'cc':
+      # SALICON's CC compares with its own blur of the fixations, MIT's with the map.
+      out[name] = metrics.cc(saliency, fixations if protocol == 'salicon' else density,
+                             protocol=protocol)
+    elif name == 'kld':
+      out[name] = metrics.kld(saliency, density)
+    elif name == 'sim':
+      out[name] = metrics.sim(saliency, density)
+    elif name == 'information_gain':
+      out[name] = metrics.information_gain(saliency, fixations, baseline)
+    else:
+      raise ValueError(f'Unknown metric {name!r}; valid: {", ".join(ALL_METRICS)}')
+  return {k: np.asarray(v, np.float64).reshape(len(saliency)) for k, v in out.items()}
+
+
+class Evaluator:
+  """Scores predictions on a dataset split at original resolution.
+
+  ``predict`` functions map a host batch (``input_pipeline.create_eval_iterator``) to
+  (B, H, W) or (B, H, W, 1) numpy maps at the model's input size.
+  """
+
+  def __init__(self, config: Any, par: Any = None, *, metric_names: Sequence[str] = ALL_METRICS,
+               protocol: str = 'mit', blur_sigma: float = 0.0):
+    self.config = config
+    self.par = par
+    self.names = tuple(metric_names)
+    unknown = set(self.names) - set(ALL_METRICS)
+    if unknown:
+      raise ValueError(f'Unknown metrics {sorted(unknown)}; valid: {", ".join(ALL_METRICS)}')
+    self.protocol = protocol
+    self.blur_sigma = blur_sigma
+    self._baseline = None
+    self._other = None
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    return tuple(self.config.image_size)
+
+  def batches(self, split: str | None = None) -> Iterator[dict[str, Any]]:
+    per_process = self.config.eval_batch_size // jax.process_count()
+    return input_pipeline.create_eval_iterator(
+        self.config.dataset, split or self.config.eval_split, data_dir=self.config.data_dir,
+        image_size=self.image_size, batch_size=per_process, with_originals=True,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def examples(self, predict: Callable[[dict[str, Any]], np.ndarray] | None,
+               split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Yields per real example: ``image_id``, original ``density`` (H, W) in [0, 1],
+    ``fixations`` (H, W) counts, and ``saliency`` (H, W), the prediction at original
+    size (absent when ``predict`` is None), plus ``batch``-level extras."""
+    for batch in self.batches(split):
+      preds = None
+      extras = {}
+      if predict is not None:
+        out = predict(batch)
+        preds, extras = (out if isinstance(out, tuple) else (out, {}))
+        preds = np.asarray(preds, np.float32)
+        if preds.ndim == 4:
+          preds = preds[..., 0]
+      for i in np.flatnonzero(np.asarray(batch['mask'])):
+        if 'has_saliency' in batch and not batch['has_saliency'][i]:
+          raise ValueError(
+              f'{self.config.dataset}/{split or self.config.eval_split} has no ground-truth '
+              f'maps (a test split): evaluate a split with maps, or export predictions with '
+              f'python -m dinet_jax.predict.')
+        hw = tuple(int(v) for v in batch['orig_size'][i])
+        example = {
+            'image_id': _text(batch['image_id'][i]),
+            'density': np.asarray(batch['saliency_orig'][i], np.float32).reshape(hw) / 255.0,
+            'fixations': fixation_map(batch['fixations'][i], int(batch['num_fixations'][i]), hw),
+        }
+        if preds is not None:
+          example['saliency'] = blur(
+              input_pipeline.undo_padding(preds[i], hw, self.image_size), self.blur_sigma)
+        for k, v in extras.items():
+          example[k] = v[i]
+        yield example
+
+  def _other_fixations(self, split: str | None) -> dict[str, Any]:
+    """Fixations of the whole split, for the negatives of shuffled AUC."""
+    if self._other is None:
+      self._other = [(e['image_id'], np.argwhere(e['fixations'] > 0) /
+                      np.asarray(e['fixations'].shape, np.float64), e['fixations'])
+                     for e in self.examples(None, split)]
+    return self._other
+
+  def other_fixation_map(self, image_id: str, hw: tuple[int, int], split: str | None,
+                         index: int) -> np.ndarray:
+    """MIT: the fixations of 10 other images (seeded per image), rescaled to ``hw``.
+    SALICON: all other images' fixated pixels, weighted by how many images fixated them."""
+    pool = self._other_fixations(split)
+    out = np.zeros(hw, np.float32)
+    if self.protocol == 'salicon':
+      for other_id, _, fix in pool:
+        if other_id != image_id and fix.shape == hw:
+          out += fix > 0
+      return out
+    rng = np.random.default_rng(index)
+    candidates = [p for p in pool if p[0] != image_id]
+    for j in rng.choice(len(candidates), size=min(SAUC_OTHER_IMAGES, len(candidates)),
+                        replace=False):
+      rel = candidates[j][1]
+      rc = np.minimum((rel * np.asarray(hw)).astype(np.int64), np.asarray(hw) - 1)
+      out[rc[:, 0], rc[:, 1]] = 1.0
+    return out
+
+  def score_examples(self, examples: Iterator[dict[str, Any]], split: str | None = None,
+                     keys: Sequence[str] = ('saliency',)) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image metrics of each prediction key (e.g. several ensemble members)."""
+    per_key: dict[str, dict[str, list]] = {k: defaultdict(list) for k in keys}
+    ids = []
+    for index, e in enumerate(examples):
+      hw = e['density'].shape
+      ids.append(e['image_id'])
+      other = (self.other_fixation_map(e['image_id'], hw, split, index)[None]
+               if 'sauc' in self.names else None)
+      baseline = centre_bias_map(*hw)[None]
+      for key in keys:
+        values = score(e[key][None], e['fixations'][None], e['density'][None],
+                       names=self.names, baseline=baseline, other_fixations=other,
+                       protocol=self.protocol)
+        for name, v in values.items():
+          per_key[key][name].append(float(v[0]))
+    result = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in per_key.items()}
+    for k in result:
+      result[k]['image_id'] = np.asarray(ids)
+    return result
+
+  def baseline(self, split: str | None = None) -> dict[str, float]:
+    """Mean metrics of the centre-bias map on the split (cached)."""
+    if self._baseline is None:
+      def with_baseline(examples):
+        for e in examples:
+          e['saliency'] = centre_bias_map(*e['density'].shape)
+          yield e
+      scores = self.score_examples(with_baseline(self.examples(None, split)), split)
+      self._baseline = means(scores['saliency'])
+    return self._baseline
+
+  def evaluate(self, state: Any, split: str | None = None, *,
+               num_images: int = 0) -> dict[str, Any]:
+    """Validation loss (at model size, padding excluded from the mean) and metrics at
+    original size for the training state on ``self.par``; also up to ``num_images``
+    (image, ground truth, prediction) triples at model size for summaries."""
+    sums = {'loss_sum': 0.0, 'count': 0.0}
+    images = []
+
+    def predict(batch):
+      preds, s = self.par.eval_step(state, batch)
+      for k in sums:
+        sums[k] += s[k]
+      if len(images) < num_images:
+        for i in np.flatnonzero(batch['mask'])[:num_images - len(images)]:
+          images.append((batch['image'][i], batch['saliency'][i, ..., 0], preds[i, ..., 0]))
+      return preds
+
+    scores = self.score_examples(self.examples(predict, split), split)['saliency']
+    result = means(scores)
+    total = _allreduce(np.array([sums['loss_sum'], sums['count']]))
+    result['loss'] = float(total[0] / max(total[1], 1.0))
+    return {'means': result, 'per_image': scores, 'images': images}
+
+
+def means(scores: dict[str, np.ndarray]) -> dict[str, float]:
+  out = {}
+  for name, values in scores.items():
+    if name == 'image_id':
+      continue
+    values = np.asarray(values, np.float64)
+    total = _allreduce(np.array([np.nansum(values), np.sum(np.isfinite(values))]))
+    out[name] = float(total[0] / total[1]) if total[1] else float('nan')
+  return out
+
+
+def _allreduce(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def format_side_by_side(model: dict[str, float], baseline: dict[str, float]) -> str:
+  """'loss 0.31  cc 0.61 (centre bias 0.22)  ...' for the epoch summary line."""
+  parts = [f'loss {model["loss"]:.4f}'] if 'loss' in model else []
+  for name, value in model.items():
+    if name == 'loss':
+      continue
+    ref = baseline.get(name)
+    parts.append(f'{name} {value:.3f}' + (f' (centre {ref:.3f})' if ref is not None else ''))
+  return '  '.join(parts)
+
+
+def format_table(rows: dict[str, dict[str, float]], names: Sequence[str]) -> str:
+  """A fixed-width table, one row per model."""
+  width = max([len(r) for r in rows] + [5])
+  head = f'{"model":<{width}}  ' + '  '.join(f'{n:>16}' for n in names)
+  lines = [head, '-' * len(head)]
+  for row, values in rows.items():
+    lines.append(f'{row:<{width}}  ' + '  '.join(f'{values.get(n, float("nan")):>16.4f}'
+                                                 for n in names))
+  return '\n'.join(lines)
+
+
+def write_summaries(writer: Any, val: dict[str, float], images: Any, step: int,
+                    baseline: dict[str, float]) -> None:
+  for name, value in val.items():
+    writer.scalar(f'val/{name}', value, step)
+  for name, value in baseline.items():
+    writer.scalar(f'centre_bias/{name}', value, step)
+  if images:
+    writer.image('val/image_truth_prediction', np.stack([panel(*t) for t in images]), step,
+                 max_outputs=len(images))
+  writer.flush()
+
+
+def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """uint8 (H, 3W, 3): the de-normalised image, the ground truth and the prediction."""
+  mean, std = np.asarray(input_pipeline.IMAGENET_MEAN), np.asarray(input_pipeline.IMAGENET_STD)
+  rgb = np.clip((np.asarray(image) * std + mean) * 255, 0, 255).astype(np.uint8)
+  gray = lambda m: np.repeat((np.clip(np.asarray(m), 0, 1) * 255).astype(np.uint8)[..., None],
+                             3, axis=-1)
+  return np.concatenate([rgb, gray(truth), gray(pred)], axis=1)
