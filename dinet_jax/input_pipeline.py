@@ -353,6 +353,7 @@ def _records(source, indices: np.ndarray, extra: dict[str, np.ndarray]):
   def fetch(idx):
     return np.array(source.__getitems__([int(i) for i in idx]), dtype=object)
 
+  @tf.autograph.experimental.do_not_convert
   def add_records(d):
     records = tf.numpy_function(fetch, [d['index']], tf.string, stateful=False)
     records.set_shape([None])
@@ -398,7 +399,7 @@ def create_train_iterator(
     threads: int | None = None,
     prefetch: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the training batches of one epoch as numpy dicts.
+  """An iterator over the training batches of one epoch, as numpy dicts.
 
   Args:
     dataset_name: 'name' or 'name/config' of a builder of this project
@@ -418,10 +419,11 @@ def create_train_iterator(
     threads: size of tf.data's thread pool (default: all cores).
     prefetch: batches prepared ahead.
 
-  Yields:
-    {'image': float32 (B, H, W, 3), 'saliency': float32 (B, H, W, 1)
-    [, 'fixation_map': float32 (B, H, W, 1)]}; `num_train_batches(...) -
-    start_batch` batches (the incomplete last batch is dropped).
+  Returns:
+    An iterator over {'image': float32 (B, H, W, 3), 'saliency': float32
+    (B, H, W, 1)[, 'fixation_map': float32 (B, H, W, 1)]}: `num_train_batches
+    (...) - start_batch` batches (the incomplete last batch is dropped).
+    Arguments are checked and the dataset opened when this is called.
   """
   _check_batch(batch_size, num_devices)
   builder, source = _open(dataset_name, split, data_dir)
@@ -435,6 +437,7 @@ def create_train_iterator(
   flips = flips[start_batch * batch_size:]
   target_hw = (int(image_size[0]), int(image_size[1]))
 
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops only.
   def process(d):
     ex, image, saliency = _decode(features, d['record'])
     shape = tf.shape(image, out_type=tf.int64)
@@ -455,7 +458,7 @@ def create_train_iterator(
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
   ds = _options(ds, threads)
-  yield from ds.as_numpy_iterator()
+  return ds.as_numpy_iterator()
 
 
 @functools.lru_cache(maxsize=32)
@@ -485,7 +488,7 @@ def create_eval_iterator(
     threads: int | None = None,
     prefetch: int = 2,
 ) -> Iterator[dict[str, Any]]:
-  """Yields evaluation batches covering every example of the split once.
+  """An iterator over evaluation batches covering every example once.
 
   Process p of P takes examples p, p + P, ... in the split's order; every
   process yields `num_eval_batches(...)` batches, the last ones padded with
@@ -501,8 +504,8 @@ def create_eval_iterator(
     with_originals: also yield ``saliency_orig``, a list of the original
       uint8 (h, w) maps (sizes differ, so not stacked).
 
-  Yields:
-    Dicts with ``image`` float32 (B, H, W, 3) normalised; ``saliency``
+  Returns:
+    An iterator over dicts with ``image`` float32 (B, H, W, 3) normalised; ``saliency``
     float32 (B, H, W, 1) in [0, 1]; ``fixation_map`` float32 (B, H, W, 1)
     (counts, as in training); ``mask`` bool (B,); ``has_saliency`` bool
     (B,); ``orig_size`` int32 (B, 2) (h, w); ``fixations`` int32
@@ -527,6 +530,7 @@ def create_eval_iterator(
   has_category = 'category' in features
   no_flip = tf.constant(False)
 
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops only.
   def process(d):
     ex, image, saliency = _decode(features, d['record'])
     shape = tf.shape(image, out_type=tf.int64)
@@ -566,7 +570,11 @@ def create_eval_iterator(
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size).prefetch(prefetch)
   ds = _options(ds, threads)
-  for batch in ds.as_numpy_iterator():
+  return _finish_eval_batches(ds.as_numpy_iterator(), with_originals)
+
+
+def _finish_eval_batches(batches, with_originals: bool):
+  for batch in batches:
     for key in ('image_id', 'file_name'):
       batch[key] = np.array([v.decode('utf-8') for v in batch[key]],
                             dtype=object)

@@ -6,8 +6,8 @@ share a colour, an orientation and a size, each drawn at random per scene;
 the *target* differs in exactly one of them (``odd_feature``): another hue,
 a perpendicular orientation, or a bigger or smaller size. Because the
 distractors' appearance changes from scene to scene, no colour or orientation
-is salient by itself: a model must compare an item with its neighbours, i.e.
-use spatial context, to find the target.
+is salient by itself, and sizes overlap between scenes: a model must compare
+an item with its neighbours, i.e. use spatial context, to find the target.
 
 Simulated observers fixate mostly around the target, sometimes on a random
 distractor, and otherwise on a centre-biased background component (a
@@ -115,7 +115,9 @@ def make_example(config: SaliencyPopoutConfig, split: str,
   # Distractor appearance: random per scene; small per-item variation.
   base_hue = rng.random()
   base_angle = rng.uniform(0.0, np.pi)
-  base_len = 0.62 * min(cell_h, cell_w)
+  # The distractors' size varies between scenes too, so that a big or small
+  # target is odd relative to its neighbours more than in absolute terms.
+  base_len = rng.uniform(0.32, 0.62) * min(cell_h, cell_w)
   hues = (base_hue + rng.normal(0.0, 0.012, n)) % 1.0
   angles = base_angle + rng.normal(0.0, 0.08, n)
   lengths = base_len * (1.0 + rng.normal(0.0, 0.04, n))
@@ -125,7 +127,7 @@ def make_example(config: SaliencyPopoutConfig, split: str,
   elif ODD_FEATURES[odd] == 'orientation':
     angles[target] = base_angle + np.pi / 2 + rng.normal(0.0, 0.08)
   else:
-    scale = 1.55 if rng.random() < 0.5 else 0.6
+    scale = 1.5 if rng.random() < 0.5 else 0.6
     lengths[target] *= scale
     widths[target] *= scale
   colours = _hsv_to_rgb(hues, 0.85, 0.95)  # (n, 3) in [0, 1]
@@ -261,8 +263,11 @@ def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
 class SaliencyPopout(common.SaliencyBuilder):
   """Generated odd-one-out scenes with simulated fixations (no download)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'The distractor size varies between scenes.',
+  }
   BUILDER_CONFIGS = [
       SaliencyPopoutConfig(
           name='default',
