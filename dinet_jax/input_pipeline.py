@@ -55,7 +55,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from dinet_jax import datasets as _datasets
-from dinet_jax.datasets.prepare import ensure_prepared  # Re-exported.
+from dinet_jax.datasets.build import ensure_prepared  # Re-exported.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

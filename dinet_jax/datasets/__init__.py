@@ -24,12 +24,13 @@ from dinet_jax.datasets.mit1003 import Mit1003, Mit1003Config, kfold_splits
 from dinet_jax.datasets.mit300 import Mit300
 from dinet_jax.datasets.popout import SaliencyPopout, SaliencyPopoutConfig
 from dinet_jax.datasets.salicon import Salicon
-from dinet_jax.datasets.prepare import (
+from dinet_jax.datasets.build import (
     NAMES,
     DatasetNotPreparedError,
     build_commands,
     ensure_prepared,
     get_builder,
+    is_prepared,
     prepare,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     'CorruptFileError', 'DatasetNotPreparedError', 'MissingFilesError',
     'Mit1003', 'Mit1003Config', 'Mit300', 'Salicon', 'SaliencyPopout',
     'SaliencyPopoutConfig', 'build_commands', 'ensure_prepared',
-    'get_builder', 'kfold_splits', 'prepare', 'saliency_features',
+    'get_builder', 'is_prepared', 'kfold_splits', 'prepare',
+    'saliency_features',
 ]

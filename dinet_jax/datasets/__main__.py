@@ -38,13 +38,12 @@ def main(argv=None) -> int:
     print(f'{builder.info.full_name} prepared in {builder.data_path}: {splits}')
     return 0
 
-  from dinet_jax.datasets import prepare  # pylint: disable=g-import-not-at-top
   for name in datasets.NAMES:
     cls = datasets.get_builder(name, args.data_dir).__class__
     configs = [c.name for c in cls.BUILDER_CONFIGS] or [None]
     for config in configs:
       full = f'{name}/{config}' if config else name
-      state = ('prepared' if prepare.is_prepared(
+      state = ('prepared' if datasets.is_prepared(
           datasets.get_builder(full, args.data_dir)) else '-')
       print(f'{full:24s} {state}')
   return 0

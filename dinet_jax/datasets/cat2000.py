@@ -100,8 +100,7 @@ class Cat2000(common.SaliencyBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    folder = common.manual_folder_from(dl_manager, 'cat2000',
-                                       _expected('<manual_dir>/cat2000'))
+    folder = common.manual_folder_from(dl_manager, 'cat2000', _expected)
     expected = _expected(str(folder))
     kinds = {'stimuli': {}, 'fixationmaps': {}, 'fixationlocs': {}}
     roots = {}

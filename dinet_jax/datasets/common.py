@@ -210,8 +210,15 @@ def dataset_manual_folder(manual_dir: Path, name: str) -> Path:
   return candidate
 
 
-def manual_folder_from(dl_manager: Any, name: str, expected: str) -> Path:
-  """The dataset's manual folder, with a useful error when it is missing."""
+def manual_folder_from(dl_manager: Any, name: str,
+                       expected: Callable[[str], str]) -> Path:
+  """The dataset's manual folder, with a useful error when it is missing.
+
+  Args:
+    dl_manager: the TFDS download manager of the build.
+    name: the dataset's folder name in the manual dir.
+    expected: folder -> the list of expected files, for the message.
+  """
   # `dl_manager.manual_dir` raises a generic error when the dir is empty or
   # missing; read the configured path instead to name the exact files.
   manual_dir = getattr(dl_manager, '_manual_dir', None)
@@ -222,25 +229,8 @@ def manual_folder_from(dl_manager: Any, name: str, expected: str) -> Path:
     raise MissingFilesError(
         f'{name}: the folder {folder} does not exist. It must hold the '
         f'dataset as distributed (extracted folders or the zip archives):\n'
-        f'{expected}')
+        f'{expected(str(folder))}')
   return folder
-
-
-def group_by_basename(
-    files: Iterable[SourceFile], what: str,
-    key: Callable[[SourceFile], str | None]) -> dict[str, SourceFile]:
-  """Indexes files by `key(file)` (None = skip); duplicates are an error."""
-  out: dict[str, SourceFile] = {}
-  for f in files:
-    k = key(f)
-    if k is None:
-      continue
-    if k in out:
-      raise ValueError(
-          f'Two {what} files for {k!r}: {out[k].describe()} and '
-          f'{f.describe()}. Remove one of them.')
-    out[k] = f
-  return out
 
 
 def check_count(dataset: str, split: str, found: int, official: int) -> None:
@@ -421,7 +411,7 @@ class SaliencyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = Path(self.data_dir_root)
     downloads = Path(download_dir) if download_dir else root / 'downloads'
     watched = list(_parents_up_to(Path(self.data_path), root))
-    watched += [downloads / 'extracted', downloads]
+    watched += [downloads / 'extracted', downloads, root]
     existed = {p for p in watched if p.exists()}
     config_dir = root / self.name / '.config'
     config_existed = config_dir.exists()

@@ -127,8 +127,7 @@ class Mit1003(common.SaliencyBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    folder = common.manual_folder_from(
-        dl_manager, 'mit1003', _expected('<manual_dir>/mit1003'))
+    folder = common.manual_folder_from(dl_manager, 'mit1003', _expected)
     expected = _expected(str(folder))
     images, fix_maps, fix_pts = {}, {}, {}
     for f in common.list_source_files(folder):

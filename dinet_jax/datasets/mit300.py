@@ -47,8 +47,7 @@ class Mit300(common.SaliencyBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    folder = common.manual_folder_from(dl_manager, 'mit300',
-                                       _expected('<manual_dir>/mit300'))
+    folder = common.manual_folder_from(dl_manager, 'mit300', _expected)
     images = {}
     for f in common.list_source_files(folder):
       parts = f.parts

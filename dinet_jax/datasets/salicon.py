@@ -99,8 +99,8 @@ class Salicon(common.SaliencyBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config.name
-    expected = _expected('<manual_dir>/salicon', config)
-    folder = common.manual_folder_from(dl_manager, 'salicon', expected)
+    folder = common.manual_folder_from(
+        dl_manager, 'salicon', lambda f: _expected(f, config))
     expected = _expected(str(folder), config)
     other_configs = set(_CONFIGS) - {config}
 

@@ -1,4 +1,4 @@
-"""Preparing the datasets: `ensure_prepared`, `prepare` and their commands."""
+"""Building the datasets: `ensure_prepared`, `prepare` and their commands."""
 
 from __future__ import annotations
 
