@@ -49,6 +49,8 @@ def build_commands(dataset_name: str, data_dir=None, manual_dir=None
     theirs += f'--config {q(config)} '
   theirs += (f'--imports dinet_jax.datasets --data_dir {q(data_dir)} '
              f'--manual_dir {q(manual_dir)}')
+  # TFDS 4.9.10's `tfds` command imports these at start-up.
+  theirs += '  # needs apache-beam and mlcroissant installed'
   return [ours, theirs]
 
 
@@ -92,7 +94,8 @@ def ensure_prepared(dataset_name: str, data_dir=None, manual_dir=None
     return prepare(dataset_name, data_dir, manual_dir)
   commands = '\n  '.join(build_commands(dataset_name, data_dir, manual_dir))
   raise DatasetNotPreparedError(
-      f'{dataset_name} is not prepared in {builder.data_path}. Place its '
+      f'{dataset_name} is not prepared in {builder.data_path}: place its '
       f'files in {os.path.join(manual_dir or common.DEFAULT_MANUAL_DIR, name)}'
-      f' (see data/README.md), then run from the repository root either of:'
+      ' (see data/README.md), then build it with `python -m '
+      'dinet_jax.datasets build` or `tfds build`, from the repository root:'
       f'\n  {commands}')
