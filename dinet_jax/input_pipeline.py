@@ -57,6 +57,13 @@ from PIL import Image
 from dinet_jax import datasets as _datasets
 from dinet_jax.datasets.build import ensure_prepared  # Re-exported.
 
+# The pipeline runs on the host: keep TensorFlow off any GPU (a GPU build of
+# TensorFlow would otherwise reserve its memory, which JAX needs).
+try:
+  tf.config.set_visible_devices([], 'GPU')
+except (RuntimeError, ValueError):  # Devices already initialised.
+  pass
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_METHOD = 'bilinear'
