@@ -97,7 +97,7 @@ def main() -> None:
           f'median of {args.epochs} epochs')
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'  (load average before timing: {load:.1f} on {cores} cores; '
-          'examples per CPU-second does not depend on other processes)')
+          'examples per CPU-second depends little on other processes)')
     for label, threads in ((f'all {cores} cores', None),
                            ('1 tf.data thread', 1)):
       rate, per_cpu = _run(args, data_dir, threads)
