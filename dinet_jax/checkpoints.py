@@ -26,9 +26,9 @@ LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 
 
-def _manager(directory: str, max_to_keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      max_to_keep=max_to_keep, create=True,
       enable_async_checkpointing=False, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=('state', 'meta'))
@@ -119,10 +119,9 @@ def load_checkpoint(path: str, which: str = 'best') -> tuple[dict[str, Any], dic
   """``({'params', 'batch_stats'}, meta)`` of a workdir's or checkpoint directory's
   checkpoint, as numpy arrays, for evaluation and prediction (no optimiser state)."""
   directory, step = resolve_checkpoint(path, which)
-  manager = _manager(directory, 1, read_only=True)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  manager.close()
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(os.path.join(directory, str(step)), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   tree = restored['state']
   meta = dict(restored['meta'])
   meta.setdefault('step', step)

@@ -8,7 +8,7 @@ then scored with ``dinet_jax.metrics`` against the original fixations and maps.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,6 +20,8 @@ ALL_METRICS = ('auc_judd', 'auc_borji', 'sauc', 'nss', 'cc', 'kld', 'sim', 'info
 # Higher is better for all but KLD (and the loss).
 LOWER_IS_BETTER = frozenset({'kld', 'loss'})
 SAUC_OTHER_IMAGES = 10  # the MIT benchmark draws negatives from 10 other images
+# (model input size, function from a host eval batch to (B, H, W[, 1]) maps at that size)
+Predictor = tuple[tuple[int, int], Callable[[dict[str, Any]], np.ndarray]]
 
 
 def fixation_map(fixations: np.ndarray, count: int, hw: Sequence[int]) -> np.ndarray:
@@ -71,8 +73,9 @@ def score(saliency: np.ndarray, fixations: np.ndarray, density: np.ndarray, *,
 class Evaluator:
   """Scores predictions on a dataset split at original resolution.
 
-  ``predict`` functions map a host batch (``input_pipeline.create_eval_iterator``) to
-  (B, H, W) or (B, H, W, 1) numpy maps at the model's input size.
+  ``config`` provides ``dataset``, ``eval_split``, ``data_dir``, ``image_size`` and
+  ``eval_batch_size``. Predict functions map a host batch
+  (``input_pipeline.create_eval_iterator``) to (B, H, W[, 1]) maps at their input size.
   """
 
   def __init__(self, config: Any, par: Any = None, *, metric_names: Sequence[str] = ALL_METRICS,
@@ -92,27 +95,33 @@ class Evaluator:
   def image_size(self) -> tuple[int, int]:
     return tuple(self.config.image_size)
 
-  def batches(self, split: str | None = None) -> Iterator[dict[str, Any]]:
+  def batches(self, split: str | None = None,
+              image_size: tuple[int, int] | None = None) -> Iterator[dict[str, Any]]:
     per_process = self.config.eval_batch_size // jax.process_count()
     return input_pipeline.create_eval_iterator(
         self.config.dataset, split or self.config.eval_split, data_dir=self.config.data_dir,
-        image_size=self.image_size, batch_size=per_process, with_originals=True,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        image_size=tuple(image_size or self.image_size), batch_size=per_process,
+        with_originals=True, process_index=jax.process_index(),
+        process_count=jax.process_count())
 
-  def examples(self, predict: Callable[[dict[str, Any]], np.ndarray] | None,
+  def examples(self, predictors: Mapping[str, Predictor] | None,
                split: str | None = None) -> Iterator[dict[str, Any]]:
     """Yields per real example: ``image_id``, original ``density`` (H, W) in [0, 1],
-    ``fixations`` (H, W) counts, and ``saliency`` (H, W), the prediction at original
-    size (absent when ``predict`` is None), plus ``batch``-level extras."""
-    for batch in self.batches(split):
-      preds = None
-      extras = {}
-      if predict is not None:
-        out = predict(batch)
-        preds, extras = (out if isinstance(out, tuple) else (out, {}))
-        preds = np.asarray(preds, np.float32)
-        if preds.ndim == 4:
-          preds = preds[..., 0]
+    ``fixations`` (H, W) counts, and per predictor name its map at original size.
+
+    ``predictors`` maps names to ``(image_size, predict)``; models of different input
+    sizes (an ensemble) each read the split at their own size, in the same order.
+    """
+    predictors = dict(predictors or {})
+    sizes = sorted({tuple(size) for size, _ in predictors.values()} or {self.image_size})
+    streams = {size: self.batches(split, size) for size in sizes}
+    for batches in zip(*streams.values()):
+      by_size = dict(zip(streams, batches))
+      batch = batches[0]
+      preds = {}
+      for name, (size, predict) in predictors.items():
+        p = np.asarray(predict(by_size[tuple(size)]), np.float32)
+        preds[name] = (tuple(size), p[..., 0] if p.ndim == 4 else p)
       for i in np.flatnonzero(np.asarray(batch['mask'])):
         if 'has_saliency' in batch and not batch['has_saliency'][i]:
           raise ValueError(
@@ -125,11 +134,8 @@ class Evaluator:
             'density': np.asarray(batch['saliency_orig'][i], np.float32).reshape(hw) / 255.0,
             'fixations': fixation_map(batch['fixations'][i], int(batch['num_fixations'][i]), hw),
         }
-        if preds is not None:
-          example['saliency'] = blur(
-              input_pipeline.undo_padding(preds[i], hw, self.image_size), self.blur_sigma)
-        for k, v in extras.items():
-          example[k] = v[i]
+        for name, (size, p) in preds.items():
+          example[name] = blur(input_pipeline.undo_padding(p[i], hw, size), self.blur_sigma)
         yield example
 
   def _other_fixations(self, split: str | None) -> dict[str, Any]:
@@ -210,7 +216,8 @@ class Evaluator:
           images.append((batch['image'][i], batch['saliency'][i, ..., 0], preds[i, ..., 0]))
       return preds
 
-    scores = self.score_examples(self.examples(predict, split), split)['saliency']
+    examples = self.examples({'saliency': (self.image_size, predict)}, split)
+    scores = self.score_examples(examples, split)['saliency']
     result = means(scores)
     total = _allreduce(np.array([sums['loss_sum'], sums['count']]))
     result['loss'] = float(total[0] / max(total[1], 1.0))

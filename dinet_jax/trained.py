@@ -1,0 +1,56 @@
+"""A trained DINet restored from a workdir or checkpoint directory, ready to predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dinet_jax import checkpoints
+from dinet_jax.models import create_model
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  """Model, variables and input size of a checkpoint; ``__call__`` maps normalised NHWC
+  images at ``image_size`` to (B, H, W) maps in [0, 1]."""
+
+  model: Any
+  variables: dict[str, Any]
+  image_size: tuple[int, int]
+  meta: dict[str, Any]
+  source: str
+
+  def __post_init__(self):
+    self.variables = jax.device_put(self.variables)
+    self._apply = jax.jit(lambda v, x: self.model.apply(v, x)[..., 0])
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.float32)))
+
+  @property
+  def config(self) -> dict[str, Any]:
+    """The run's config.json when the checkpoint came from a workdir (else {})."""
+    path = os.path.join(self.source, 'config.json')
+    if os.path.isfile(path):
+      with open(path) as f:
+        return json.load(f)
+    return {}
+
+
+def load_trained(path: str, which: str = 'best') -> TrainedModel:
+  """Restores ``which`` ('best', 'latest' or a step) from a training workdir or a
+  checkpoint directory; the model is rebuilt from the config stored in the checkpoint."""
+  variables, meta = checkpoints.load_checkpoint(path, which)
+  if 'model' not in meta or 'image_size' not in meta:
+    raise ValueError(f'The checkpoint at {path!r} has no model config in its metadata; '
+                     f'it was not written by dinet_jax.training.')
+  model = create_model(meta['model'])
+  return TrainedModel(model=model, variables=variables,
+                      image_size=tuple(int(v) for v in meta['image_size']), meta=meta,
+                      source=os.path.abspath(path))
