@@ -6,7 +6,9 @@
 Starts from the best checkpoint of a SALICON run (parameters only, fresh optimiser),
 trains on the 903 training images of the mit1003 builder's default split and validates
 on the other 100, images resized with the aspect ratio kept and zero-padded to 320x480.
-Use --config.dataset=mit1003/fold3 etc. for the k-fold splits. Expected: validation CC
+For k-fold cross-validation use --config.dataset=mit1003/kfold10 with
+--config.eval_split=fold3 and --config.train_split set to the other folds
+(``dinet_jax.datasets.kfold_splits(10, 3)`` gives both strings). Expected: validation CC
 and NSS on MIT1003 clearly above the SALICON model's before fine-tuning.
 """
 

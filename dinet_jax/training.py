@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            manual_dir=config.manual_dir)
   steps_per_epoch = input_pipeline.num_train_batches(
       config.dataset, config.train_split, data_dir=config.data_dir,
-      batch_size=config.batch_size)
+      batch_size=per_process_batch, process_count=jax.process_count())
   if steps_per_epoch == 0:
     raise ValueError(f'{config.dataset}/{config.train_split} has fewer examples than one '
                      f'batch of {config.batch_size}.')
