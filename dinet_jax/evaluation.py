@@ -281,9 +281,13 @@ def write_summaries(writer: Any, val: dict[str, float], images: Any, step: int,
 
 
 def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-  """uint8 (H, 3W, 3): the de-normalised image, the ground truth and the prediction."""
+  """uint8 (H, 3W, 3): the de-normalised image, the ground truth and the prediction
+  (min-max scaled, since distribution losses leave the maps' scale free)."""
   mean, std = np.asarray(input_pipeline.IMAGENET_MEAN), np.asarray(input_pipeline.IMAGENET_STD)
   rgb = np.clip((np.asarray(image) * std + mean) * 255, 0, 255).astype(np.uint8)
   gray = lambda m: np.repeat((np.clip(np.asarray(m), 0, 1) * 255).astype(np.uint8)[..., None],
                              3, axis=-1)
+  pred = np.asarray(pred, np.float32)
+  lo, hi = float(pred.min()), float(pred.max())
+  pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
   return np.concatenate([rgb, gray(truth), gray(pred)], axis=1)

@@ -117,6 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   par.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   per_process_batch = config.batch_size // jax.process_count()
 
+  if jax.process_index() == 0:  # generated datasets are built once, by process 0
+    datasets.ensure_prepared(config.dataset, data_dir=config.data_dir,
+                             manual_dir=config.manual_dir)
+  parallel.sync_processes('dataset_prepared')
   datasets.ensure_prepared(config.dataset, data_dir=config.data_dir,
                            manual_dir=config.manual_dir)
   steps_per_epoch = input_pipeline.num_train_batches(

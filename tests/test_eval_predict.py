@@ -115,7 +115,17 @@ def test_predict_command_reports_bad_files_and_writes_the_rest(run_dir, tmp_path
 def test_panel_denormalises_images():
   from dinet_jax import input_pipeline
   rgb = (np.random.default_rng(1).random((4, 5, 3)) * 255).astype(np.uint8)
-  p = evaluation.panel(input_pipeline.normalize_image(rgb), np.zeros((4, 5)), np.ones((4, 5)))
+  pred = np.linspace(0.2, 0.4, 20).reshape(4, 5)
+  p = evaluation.panel(input_pipeline.normalize_image(rgb), np.zeros((4, 5)), pred)
   assert p.shape == (4, 15, 3)
   assert np.max(np.abs(p[:, :5].astype(int) - rgb)) <= 1
-  assert (p[:, 5:10] == 0).all() and (p[:, 10:] == 255).all()
+  assert (p[:, 5:10] == 0).all()
+  assert p[0, 10, 0] == 0 and p[-1, -1, 0] == 255  # prediction min-max scaled
+
+
+def test_visualize_command_writes_the_grid(run_dir, tmp_path):
+  from dinet_jax import visualize
+  out = tmp_path / 'grid.png'
+  assert visualize.main(['--workdir', run_dir, '--output', str(out), '--num_images', '3',
+                         '--scale', '1']) == 0
+  assert np.asarray(Image.open(out)).shape == (3 * 48, 3 * 64, 3)

@@ -154,3 +154,27 @@ def test_sigkill_then_rerun_matches_uninterrupted(data_dir, tmp_path, reference_
   variables, meta = checkpoints.load_checkpoint(workdir, 'latest')
   assert meta['step'] == 16
   assert_same_params(variables['params'], reference_run[2]['params'])
+
+
+@pytest.mark.slow
+def test_two_process_run_on_localhost(data_dir, tmp_path, reference_run):
+  """jax.distributed over two local processes with two CPU devices each."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / 'two_process')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--workdir={workdir}',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2'] + \
+      cli_overrides(tiny_config(data_dir)) + ['--config.num_epochs=1']
+  procs = [subprocess.Popen(cmd + [f'--process_id={i}'], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (1, 0)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert 'epoch  1/1 step 8' in outs[1][0]  # process 0 logs: 64 examples / (2 x 4) per step
+  assert 'epoch' not in outs[0][0]  # process 1 does not
+  variables, meta = checkpoints.load_checkpoint(workdir, 'latest')
+  assert meta['step'] == 8
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
