@@ -129,3 +129,17 @@ def test_visualize_command_writes_the_grid(run_dir, tmp_path):
   assert visualize.main(['--workdir', run_dir, '--output', str(out), '--num_images', '3',
                          '--scale', '1']) == 0
   assert np.asarray(Image.open(out)).shape == (3 * 48, 3 * 64, 3)
+
+
+def test_eval_command_prints_the_table(run_dir):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, os.path.join(repo, 'eval.py'), f'--workdir={run_dir}',
+                         '--metrics=cc,nss'], cwd=repo, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  assert lines[0].split() == ['model', 'cc', 'nss']
+  assert lines[2].startswith('centre bias') and lines[3].startswith(os.path.basename(run_dir))
+  assert os.path.exists(os.path.join(run_dir, 'eval', 'saliency_popout_tiny_validation.json'))
