@@ -35,8 +35,8 @@ if REPO not in sys.path:
 STUDY: list[tuple[str, str, str]] = [
     ('baseline', 'baseline', 'linear_tvd'),
     ('dinet', 'dinet', 'linear_tvd'),
-    ('dim_1_branch', 'dim_r8', 'linear_tvd'),
-    ('dim_2_branches', 'dim_r4_8', 'linear_tvd'),
+    ('dim_1_branch', 'dim_gamma', 'linear_tvd'),
+    ('dim_2_branches', 'dim_beta_gamma', 'linear_tvd'),
     ('plain_backbone', 'plain_baseline', 'linear_tvd'),
     ('aspp_s', 'aspp_s', 'linear_tvd'),
     ('dinet_softmax_tvd', 'dinet', 'softmax_tvd'),

@@ -23,12 +23,13 @@ from typing import Any, Mapping
 
 W = 256 * 256
 
-# The structural fields every variant sets; other fields (widths, dtype) come from the base.
-STRUCTURE = dict(architecture='dinet', dilated=True, context='dim', rates=(4, 8, 16),
-                 fusion='sum', decoder='conv', decoder_layers=2,
-                 pyramid_scales=(1.0, 0.75, 0.5), pyramid_merge='concat',
-                 skip_stages=(2, 3, 4))
-
+# The structural fields every variant sets; other fields (widths, dtype, and the DIM's
+# dilation rates [alpha, beta, gamma]) come from the base.
+STRUCTURE = dict(architecture='dinet', dilated=True, context='dim', fusion='sum',
+                 decoder='conv', decoder_layers=2, pyramid_scales=(1.0, 0.75, 0.5),
+                 pyramid_merge='concat', skip_stages=(2, 3, 4))
+PAPER_RATES = (4, 8, 16)
+GREEK = ('alpha', 'beta', 'gamma')
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -73,29 +74,33 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
        context='inception_a'),
     _v('inception_b', 'multi-scale', 'baseline + inception (b): 3x3, 5x5, 7x7, concat',
        context='inception_b'),
-    _v('inception_c', 'multi-scale', 'baseline + inception (c): 3x3 at rates 1, 2, 3, concat',
+    _v('inception_c', 'multi-scale', 'baseline + inception (c): 3x3 dilated 1, 2, 3, concat',
        context='inception_c'),
-    _v('inception_d', 'multi-scale', 'baseline + inception (d): 3x3 at rates 4, 8, 16, concat',
+    _v('inception_d', 'multi-scale', 'baseline + inception (d): 3x3 at the DIM rates, concat',
        context='inception_d'),
     _v('dinet', 'multi-scale', 'baseline + inception (e) = DIM: DINet', context='dim'),
-    _v('aspp_s', 'multi-scale', 'DRN + ASPP-S (rates 2, 4, 8, 12), replaces DIM + decoder',
+    _v('aspp_s', 'multi-scale', 'DRN + ASPP-S, replaces DIM + decoder',
        context='aspp_s'),
-    _v('aspp_l', 'multi-scale', 'DRN + ASPP-L (rates 6, 12, 18, 24), replaces DIM + decoder',
+    _v('aspp_l', 'multi-scale', 'DRN + ASPP-L, replaces DIM + decoder',
        context='aspp_l'),
     _v('pyramid', 'multi-scale', 'baseline + image pyramid (scales 1, 0.75, 0.5, shared DRN)',
        architecture='pyramid', **_B),
     _v('skip', 'multi-scale', 'plain ResNet + skip layers (conv3-conv5 concat) + 1x1 + decoder',
        architecture='skip', dilated=False, **_B),
     _v('plain_dinet', 'multi-scale', 'plain ResNet (stride 32) + DIM + decoder', dilated=False),
-    # Table VII: DIM with 0-3 branches, sum vs concatenation.
-    _v('dim_r4', 'dim-branches', 'DIM with 1 branch, rate 4', rates=(4,)),
-    _v('dim_r8', 'dim-branches', 'DIM with 1 branch, rate 8', rates=(8,)),
-    _v('dim_r16', 'dim-branches', 'DIM with 1 branch, rate 16', rates=(16,)),
-    _v('dim_r4_8', 'dim-branches', 'DIM with 2 branches, rates 4, 8, sum', rates=(4, 8)),
-    _v('dim_r4_16', 'dim-branches', 'DIM with 2 branches, rates 4, 16, sum', rates=(4, 16)),
-    _v('dim_r8_16', 'dim-branches', 'DIM with 2 branches, rates 8, 16, sum', rates=(8, 16)),
-    _v('dim_concat', 'dim-branches', 'DIM with 3 branches, rates 4, 8, 16, concatenation',
-       fusion='concat'),
+    # Table VII: DIM with 0-3 branches, sum vs concatenation. Branches are chosen among
+    # the base's rates [alpha, beta, gamma] ((4, 8, 16) in the paper).
+    _v('dim_alpha', 'dim-branches', 'DIM with 1 branch: alpha',
+       branches=(0,)),
+    _v('dim_beta', 'dim-branches', 'DIM with 1 branch: beta', branches=(1,)),
+    _v('dim_gamma', 'dim-branches', 'DIM with 1 branch: gamma', branches=(2,)),
+    _v('dim_alpha_beta', 'dim-branches', 'DIM with 2 branches: alpha + beta, sum',
+       branches=(0, 1)),
+    _v('dim_alpha_gamma', 'dim-branches', 'DIM with 2 branches: alpha + gamma, sum',
+       branches=(0, 2)),
+    _v('dim_beta_gamma', 'dim-branches', 'DIM with 2 branches: beta + gamma, sum',
+       branches=(1, 2)),
+    _v('dim_concat', 'dim-branches', 'DIM with 3 branches, concatenation', fusion='concat'),
     # Sec. IV-E / Table VI.
     _v('two_decoders', 'visualisation', 'DINet + second, linear decoder (training only)',
        architecture='two_decoders'),
@@ -104,12 +109,25 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 
 def variant_config(name: str, base: Any = None) -> Any:
   """The model config of variant ``name``: ``base`` (dict or ConfigDict; None: the
-  paper's full-size model) with the variant's structural fields set."""
+  paper's full-size model) with the variant's structural fields set.
+
+  The DIM rates stay the base's (the paper's (4, 8, 16) if it has none); the Table VII
+  variants keep a subset of them (``dim_gamma``: the third rate only).
+  """
   if name not in VARIANTS:
     raise ValueError(f'unknown variant {name!r}; one of {sorted(VARIANTS)}')
-  fields = VARIANTS[name].fields
+  from dinet_jax.models.factory import _get
+
+  fields = dict(VARIANTS[name].fields)
+  rates = tuple(_get(base, 'rates', PAPER_RATES))
+  branches = fields.pop('branches', None)
+  if branches is not None:
+    if max(branches) >= len(rates):
+      raise ValueError(f'variant {name!r} needs {max(branches) + 1} base rates, got {rates}')
+    rates = tuple(rates[i] for i in branches)
+  fields['rates'] = rates
   if base is None:
-    return dict(fields)
+    return fields
   if isinstance(base, Mapping):
     return {**base, **fields}
   import ml_collections
@@ -156,7 +174,7 @@ def count_params(model_cfg: Any, image_size: tuple[int, int] = (240, 320)) -> in
 
 
 def parameter_table(base: Any = None, names: list[str] | None = None) -> list[dict[str, Any]]:
-  """One row per variant: name, group, description, params, extra (abs, in W, %).
+  """One row per variant: name, group, description, rates, params, extra (abs, in W, %).
 
   W is the size of a 1x1 convolution ``context_features -> context_features`` (256 * 256
   in the paper's model).
@@ -169,28 +187,45 @@ def parameter_table(base: Any = None, names: list[str] | None = None) -> list[di
   rows = []
   for name in names:
     v = VARIANTS[name]
-    n = count_params(variant_config(name, base))
+    cfg = variant_config(name, base)
+    n = count_params(cfg)
     rows.append(dict(name=name, group=v.group, description=v.description, params=n,
+                     rates=dilation_rates(cfg),
                      extra=n - reference, extra_w=(n - reference) / w,
                      extra_percent=100.0 * (n - reference) / reference))
   return rows
 
 
+def dilation_rates(model_cfg: Any) -> tuple[int, ...]:
+  """The dilation rates of a variant's parallel branches (empty when it has none)."""
+  from dinet_jax.models import inception
+  from dinet_jax.models.factory import _get
+
+  context = _get(model_cfg, 'context', 'dim')
+  if context in ('aspp_s', 'aspp_l'):
+    return inception.ASPP_S_RATES if context == 'aspp_s' else inception.ASPP_L_RATES
+  if context == 'inception_c':
+    return (1, 2, 3)
+  if context in ('dim', 'inception_e', 'inception_d', 'aspp'):
+    return tuple(_get(model_cfg, 'rates', PAPER_RATES))
+  return ()
+
+
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-  header = ['variant', 'group', 'params', 'extra params', 'extra (W)', 'extra (%)',
+  header = ['variant', 'group', 'rates', 'params', 'extra params', 'extra (W)', 'extra (%)',
             'description']
-  body = [[r['name'], r['group'], f"{r['params']:,}", f"{r['extra']:+,}",
-           f"{r['extra_w']:+.2f}", f"{r['extra_percent']:+.2f}", r['description']]
-          for r in rows]
+  body = [[r['name'], r['group'], ','.join(map(str, r['rates'])) or '-', f"{r['params']:,}",
+           f"{r['extra']:+,}", f"{r['extra_w']:+.2f}", f"{r['extra_percent']:+.2f}",
+           r['description']] for r in rows]
   if markdown:
     lines = ['| ' + ' | '.join(header) + ' |',
-             '|' + '|'.join(['---', '---', '---:', '---:', '---:', '---:', '---']) + '|']
+             '|' + '|'.join(['---', '---', '---', '---:', '---:', '---:', '---:', '---']) + '|']
     lines += ['| ' + ' | '.join(f'`{c}`' if i == 0 else c for i, c in enumerate(row)) + ' |'
               for row in body]
     return '\n'.join(lines)
   widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
   fmt = lambda row: '  '.join(
-      str(c).rjust(w) if 2 <= i <= 5 else str(c).ljust(w)
+      str(c).rjust(w) if 3 <= i <= 6 else str(c).ljust(w)
       for i, (c, w) in enumerate(zip(row, widths))).rstrip()
   return '\n'.join([fmt(header)] + [fmt(row) for row in body])
 

@@ -19,7 +19,7 @@ def test_every_entry_is_a_known_variant_and_loss():
   for entry, variant, loss in study.STUDY:
     assert variant in variants.VARIANTS
     losses.get_loss(loss)
-  required = {'baseline', 'dinet', 'dim_r8', 'dim_r4_8', 'plain_baseline', 'aspp_s'}
+  required = {'baseline', 'dinet', 'dim_gamma', 'dim_beta_gamma', 'plain_baseline', 'aspp_s'}
   assert required <= {e[1] for e in study.STUDY}
   assert {e[2] for e in study.STUDY if e[1] == 'dinet'} == {'linear_tvd', 'softmax_tvd',
                                                              'none_tvd'}
@@ -28,6 +28,8 @@ def test_every_entry_is_a_known_variant_and_loss():
 def test_run_config_applies_variant_loss_seed_and_budget():
   config = study.run_config('aspp_s', 'softmax_tvd', 2, 17, {'batch_size': 8})
   assert config.model.context == 'aspp_s' and config.model.backbone_width == 16
+  one = study.run_config('dim_gamma', 'linear_tvd', 0, 5, {})
+  assert tuple(one.model.rates) == (8,)  # gamma of configs/default.py's (2, 4, 8)
   assert config.loss == 'softmax_tvd' and config.seed == 2 and config.max_train_steps == 17
   assert config.batch_size == 8
   plain = study.run_config('plain_baseline', 'linear_tvd', 0, 5, {})

@@ -73,7 +73,8 @@ def test_inception_modules_match_the_papers_differences():
 
 def test_dim_branch_count_and_fusion():
   base, dinet = count(full('baseline')), count(full('dinet'))
-  for name, branches in [('dim_r4', 1), ('dim_r16', 1), ('dim_r4_8', 2), ('dim_r8_16', 2)]:
+  for name, branches in [('dim_alpha', 1), ('dim_gamma', 1), ('dim_alpha_beta', 2),
+                         ('dim_beta_gamma', 2)]:
     assert count(full(name)) - base == 9 * branches * W
   # Concatenation widens the decoder's first 3x3 conv from 256 to 768 inputs: +18W.
   assert count(full('dim_concat')) - dinet == 18 * W
@@ -227,11 +228,21 @@ def test_variant_config_overrides_only_structure():
   import ml_collections
 
   base = ml_collections.ConfigDict(dict(SMALL, context='dim', rates=(4, 8, 16), dtype='float32'))
-  cfg = variants.variant_config('dim_r8', base)
+  cfg = variants.variant_config('dim_beta', base)
   assert isinstance(cfg, ml_collections.ConfigDict)
   assert tuple(cfg.rates) == (8,) and cfg.backbone_width == 8 and cfg.context == 'dim'
   assert tuple(base.rates) == (4, 8, 16)  # the base is not modified
   assert variants.variant_config('aspp_l', SMALL)['context'] == 'aspp_l'
+  # Rates come from the base: [alpha, beta, gamma] = (2, 4, 8) in configs/default.py.
+  small = dict(SMALL, rates=(2, 4, 8))
+  assert variants.variant_config('dim_gamma', small)['rates'] == (8,)
+  assert variants.variant_config('dim_alpha_gamma', small)['rates'] == (2, 8)
+  assert variants.variant_config('dinet', small)['rates'] == (2, 4, 8)
+  assert variants.variant_config('dinet')['rates'] == (4, 8, 16)
+  d = create_model(variants.variant_config('inception_d', small)).context
+  assert tuple(d.rates) == (2, 4, 8) and not d.pool_branch and not d.conv1x1_branch
+  with pytest.raises(ValueError, match='base rates'):
+    variants.variant_config('dim_gamma', dict(SMALL, rates=(4, 8)))
 
 
 def test_parameter_table_command(capsys):
@@ -240,7 +251,7 @@ def test_parameter_table_command(capsys):
   lines = out.strip().splitlines()
   assert lines[0].startswith('| variant') and len(lines) == 5
   assert '| `dinet` |' in out and '26,983,744' in out and '+27.00' in out and '+7.02' in out
-  rows = variants.parameter_table(names=['baseline', 'dim_r4'])
+  rows = variants.parameter_table(names=['baseline', 'dim_alpha'])
   assert rows[1]['extra'] == 9 * W and rows[1]['extra_percent'] == pytest.approx(
       100 * 9 * W / 25_214_272)
 

@@ -12,10 +12,10 @@ optional; the defaults give the paper's DINet:
     stride 32).  train_bn: False (frozen BatchNorm).
   context: 'dim' (default; the DIM, Fig. 4(e), alias 'inception_e'), 'baseline' (the
     1x1 layer only), 'none' (backbone straight into the decoder), 'inception_a' ..
-    'inception_d' (Fig. 4(a)-(d)), 'aspp_s', 'aspp_l' (Fig. 4(f) with rates (2, 4, 8, 12)
+    'inception_d' (Fig. 4(a)-(d); (d) uses ``rates``), 'aspp_s', 'aspp_l' (Fig. 4(f) with rates (2, 4, 8, 12)
     / (6, 12, 18, 24)) or 'aspp' (with ``rates``). ASPP replaces the context module *and*
     the decoder (the decoder fields are then unused).  context_features: 256 (filters of
-    every context-module conv).  rates: (4, 8, 16) (DIM and 'aspp').  fusion: 'sum' or
+    every context-module conv).  rates: (4, 8, 16) (DIM, 'inception_d', 'aspp').  fusion: 'sum' or
     'concat' (DIM).
   decoder: 'conv' (``decoder_layers`` 3x3 convs + prediction conv) or 'deconv'
     (``decoder_layers`` 4x4 stride-2 transposed convs + prediction conv).
@@ -92,11 +92,16 @@ def create_context(cfg: Any, dtype: Any) -> nn.Module | None:
   """The module between backbone and decoder (None for 'none' and the ASPP heads)."""
   name = _choice(cfg, 'context', 'dim', CONTEXTS)
   features = _get(cfg, 'context_features', 256)
+  rates = tuple(_get(cfg, 'rates', (4, 8, 16)))
   if name in ('dim', 'inception_e'):
-    return DilatedInception(features=features, rates=tuple(_get(cfg, 'rates', (4, 8, 16))),
+    return DilatedInception(features=features, rates=rates,
                             fusion=_get(cfg, 'fusion', 'sum'), dtype=dtype)
   if name == 'baseline':
     return DilatedInception(features=features, rates=(), dtype=dtype)
+  if name == 'inception_d':  # the non-bottleneck DIM: reads ``rates`` like the DIM
+    return inception.InceptionModule(
+        features, (3,) * len(rates), rates, conv1x1_branch=False, pool_branch=False,
+        dtype=dtype)
   if name in _INCEPTIONS:
     return _INCEPTIONS[name](features, dtype)
   return None  # 'none', or an ASPP head that replaces context and decoder

@@ -22,7 +22,8 @@ backbone gives 2048 channels):
   instead of 1024 channels). With the 1x1 branch kept it would be +49W.
 * (c) 3x3 convolutions dilated at 1, 2, 3 replace 3x3, 5x5, 7x7: (7^2 + 5^2 - 2 * 3^2)W
   = 56W fewer than (b), as the paper says.
-* (d) the same with rates 4, 8, 16 (same parameter count as (c)).
+* (d) the same with rates 4, 8, 16 (same parameter count as (c)); the factory gives it
+  the model's DIM ``rates``, as (d) is the DIM before the bottleneck.
 
 ASPP (Fig. 4(f)) follows DeepLab-v2's ASPP head, because the paper places it "to
 replace our DIM and its followed decoder network": each of the four branches is a 3x3
