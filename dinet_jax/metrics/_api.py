@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dinet_jax.metrics import _maps, _program
-from dinet_jax.metrics._program import TOPK_NAMES
+from dinet_jax.metrics._program import SALICON_N_RAND, TOPK_NAMES
 
 ArrayLike = Any
 Result = Union[float, np.ndarray]
@@ -20,6 +20,7 @@ SALICON_SIGMA = 19.0     # blur of the fixation map for SALICON CC
 # Pixels per device and compiled call: keeps XLA's temporary buffers below glibc's
 # largest mmap threshold (32 MB), so they are reused instead of page-faulted every call.
 CHUNK_PIXELS = 700_000
+_IN_FLIGHT = 4  # chunks dispatched ahead of the one being computed
 
 
 _MAP_ARGS = ('saliency_map', 'fixation_map', 'density_map', 'other_fixation_map',
@@ -63,16 +64,21 @@ def _batch(x, arg: str, batched: bool, allow_single: bool = False):
   raise ValueError(f'{arg} must have shape {want} like the ground truth, got {x.shape}')
 
 
-def _count_fixations(fix) -> np.ndarray:
-  if isinstance(fix, np.ndarray):
-    return np.count_nonzero(fix.reshape(fix.shape[0], -1) > 0, axis=1)
-  return np.asarray(jnp.sum(fix.reshape(fix.shape[0], -1) > 0, axis=1))
+def _count_fixations(fix, block: int = 64) -> np.ndarray:
+  """Fixated pixels per map, in blocks (no full-size temporary for large batches)."""
+  if not isinstance(fix, np.ndarray):
+    return np.asarray(jnp.sum(fix.reshape(fix.shape[0], -1) > 0, axis=1))
+  flat = fix.reshape(fix.shape[0], -1)
+  return np.concatenate([np.count_nonzero(flat[i:i + block] > 0, axis=1)
+                         for i in range(0, len(flat), block)])
 
 
-def _fixation_union_counts(fix) -> np.ndarray:
+def _fixation_union_counts(fix, block: int = 64) -> np.ndarray:
   """(1, H, W): how many images of the set fixated each pixel (SALICON shuffle map)."""
-  f = np.asarray(fix)
-  return np.sum(f > 0, axis=0, dtype=np.float32)[None]
+  total = np.zeros(fix.shape[1:], np.float32)
+  for i in range(0, fix.shape[0], block):
+    total += np.sum(np.asarray(fix[i:i + block]) > 0, axis=0)
+  return total[None]
 
 
 def evaluate(names: Sequence[str], saliency_map: ArrayLike, fixation_map: ArrayLike = None,
@@ -134,8 +140,6 @@ def evaluate(names: Sequence[str], saliency_map: ArrayLike, fixation_map: ArrayL
   if 'sauc' in names and 'other_fixation_map' not in arrays and protocol == 'salicon':
     if total > 1:  # SALICON: the fixations of the whole evaluated set
       arrays['other_fixation_map'] = _fixation_union_counts(arrays['fixation_map'])
-  counts = (_count_fixations(arrays['fixation_map'])
-            if TOPK_NAMES & set(names) else np.zeros(total, int))
   ops = None
   if protocol == 'salicon' and 'cc' in names:
     ops = tuple(jnp.asarray(_maps.gaussian_operator(n, SALICON_SIGMA)) for n in gt_shape)
@@ -153,9 +157,17 @@ def evaluate(names: Sequence[str], saliency_map: ArrayLike, fixation_map: ArrayL
     stop = min(start + per_call, total)
     chunk = [_slice(arrays.get(k), start, stop, total, per_call if run is not
                     _program.single_device else None) for k in _MAP_ARGS]
-    pending.append(run(*chunk, ops, np.uint32(seed), names=names, protocol=protocol,
-                       kcap=_kcap(counts[start:stop].max()), jitter=bool(jitter),
-                       n_splits=int(n_splits), step=float(step)))
+    kcap = _kcap(_count_fixations(arrays['fixation_map'][start:stop]).max()
+                 if TOPK_NAMES & set(names) else 0)  # per chunk: overlaps the compute
+    draws = None
+    if 'auc_borji' in names:
+      draws = _program.random_pixels(int(seed), (SALICON_N_RAND,) if protocol == 'salicon'
+                                     else (kcap, int(n_splits)), gt_shape[0] * gt_shape[1])
+    pending.append(run(*chunk, ops, draws, np.uint32(seed), names=names, protocol=protocol,
+                       kcap=kcap, jitter=bool(jitter), n_splits=int(n_splits),
+                       step=float(step)))
+    if len(pending) > _IN_FLIGHT:  # bound the inputs held by queued computations
+      jax.block_until_ready(pending[-_IN_FLIGHT - 1])
   pending = jax.device_get(pending)
   for _, flags in pending:
     for (arg, what), bad in sorted(flags.items()):

@@ -14,26 +14,56 @@ import jax.numpy as jnp
 
 Array = jax.Array
 _CHUNK = 32  # fixation thresholds compared per pass in AUC-Judd
+_TILE = (16, 32)  # AUC-Judd skips tiles of this many pixels that lie below a chunk
+_GROUP = 32  # tiles compared per inner loop iteration
 _UNROLL = 4  # urn draws per loop iteration in sAUC
 
 
-def _judd_count_sum(s: Array, thr: Array, nf: Array, jitter: bool) -> Array:
+def _tiles(s: Array, shape: tuple[int, int]) -> tuple[Array, Array]:
+  """(B, N) maps -> (B, T, _TILE_PIXELS) tiles of _TILE pixels, sorted by their maximum
+  (descending), and those maxima. Padding pixels are -inf (never above a threshold);
+  the tile count is padded to a multiple of _GROUP."""
+  b = s.shape[0]
+  (h, w), (th, tw) = shape, _TILE
+  ph, pw = -h % th, -w % tw
+  x = jnp.pad(s.reshape(b, h, w), ((0, 0), (0, ph), (0, pw)), constant_values=-jnp.inf)
+  x = x.reshape(b, (h + ph) // th, th, (w + pw) // tw, tw).transpose(0, 1, 3, 2, 4)
+  x = x.reshape(b, -1, th * tw)
+  x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % _GROUP), (0, 0)), constant_values=-jnp.inf)
+  top = jnp.max(x, axis=2)
+  order = jnp.argsort(-top, axis=1)
+  return jnp.take_along_axis(x, order[..., None], axis=1), jnp.take_along_axis(top, order, 1)
+
+
+def _judd_count_sum(s: Array, shape: tuple[int, int], thr: Array, nf: Array,
+                    jitter: bool) -> Array:
   """Per image, sum over pixels x of #{t <= x} (+ #{t < x} if jitter), t the thresholds.
 
-  Work is a list of (image, chunk of 32 thresholds) items, so the cost follows the
-  number of fixations of each image rather than the largest in the batch.
+  One loop over work items (image, chunk of _CHUNK thresholds, group of _GROUP tiles):
+  the cost follows each image's number of fixations, and a chunk only visits the tiles
+  whose maximum reaches its smallest threshold (tiles are sorted by maximum; the others
+  would add 0).
   """
   b, k = thr.shape
-  thr = jnp.where(jnp.arange(k) < nf[:, None], thr, jnp.inf)
-  n_chunks = (nf + _CHUNK - 1) // _CHUNK
-  ends = jnp.cumsum(n_chunks)
-  items = jnp.arange(b * (k // _CHUNK))
-  image = jnp.minimum(jnp.searchsorted(ends, items, side='right'), b - 1)
-  chunk = items - (ends - n_chunks)[image]
+  valid = jnp.arange(k) < nf[:, None]
+  thr = jnp.where(valid, thr, jnp.inf)
+  tiles, top = _tiles(s, shape)
+  n_tiles = tiles.shape[1]
+  # per (image, chunk): the chunk's smallest valid threshold and its active tile groups
+  chunks = k // _CHUNK
+  lowest = jnp.min(jnp.where(valid, thr, jnp.inf).reshape(b, chunks, _CHUNK), axis=2)
+  active = jnp.sum(top[:, None, :] >= lowest[:, :, None], axis=2)           # (B, chunks)
+  groups = ((active + _GROUP - 1) // _GROUP).reshape(-1)                     # 0 if no chunk
+  ends = jnp.cumsum(groups)
+  items = jnp.arange(b * chunks * (n_tiles // _GROUP))
+  owner = jnp.minimum(jnp.searchsorted(ends, items, side='right'), b * chunks - 1)
+  group = items - (ends - groups)[owner]
+  image, chunk = owner // chunks, owner % chunks
 
   def body(i, acc):
-    x = jax.lax.dynamic_index_in_dim(s, image[i], keepdims=False)
     t = jax.lax.dynamic_slice(thr, (image[i], chunk[i] * _CHUNK), (1, _CHUNK))[0]
+    x = jax.lax.dynamic_slice(tiles, (image[i], group[i] * _GROUP, 0),
+                              (1, _GROUP, tiles.shape[2]))[0]
     count = jnp.zeros(x.shape, jnp.int32)
     for j in range(_CHUNK):
       count = count + (t[j] <= x)
@@ -44,7 +74,8 @@ def _judd_count_sum(s: Array, thr: Array, nf: Array, jitter: bool) -> Array:
   return jax.lax.fori_loop(0, ends[-1], body, jnp.zeros(b, jnp.float32))
 
 
-def auc_judd(s: Array, thr: Array, nf: Array, *, jitter: bool) -> Array:
+def auc_judd(s: Array, shape: tuple[int, int], thr: Array, nf: Array, *, jitter: bool
+             ) -> Array:
   """AUC-Judd (MIT): thresholds at the fixated values, negatives all other pixels.
 
   The trapezoid area of the MIT curve reduces to a closed form in
@@ -56,7 +87,7 @@ def auc_judd(s: Array, thr: Array, nf: Array, *, jitter: bool) -> Array:
   nff = nf.astype(jnp.float32)
   tmin = jnp.take_along_axis(thr, jnp.maximum(nf - 1, 0)[:, None], axis=1)
   below = jnp.sum(s < tmin, axis=1).astype(jnp.float32)
-  total = _judd_count_sum(s, thr, nf, jitter)
+  total = _judd_count_sum(s, shape, thr, nf, jitter)
   if jitter:
     valid = jnp.arange(thr.shape[1]) < nf[:, None]
     e_min = jnp.sum((thr == tmin) & valid, axis=1).astype(jnp.float32)
@@ -136,18 +167,14 @@ def _split_auc(fix_hist: Array, neg_above: Array) -> Array:
   return jnp.mean(_curve_area(tp[:, None, :], fp, valid), axis=1)
 
 
-def auc_borji(sn: Array, thr_n: Array, nf: Array, key: Array, *, n_splits: int,
-              step: float) -> Array:
+def auc_borji(sn: Array, thr_n: Array, nf: Array, draws: Array, *, step: float) -> Array:
   """AUC-Borji (MIT): per split, Nf negatives uniform over all pixels with replacement;
-  thresholds 0:step:max(fixated, negatives). ``sn``, ``thr_n`` are min-max normalized."""
-  b, k = thr_n.shape
+  thresholds 0:step:max(fixated, negatives). ``sn``, ``thr_n`` are min-max normalized;
+  ``draws`` (K, splits) are random pixel indices shared by all images (the first Nf rows
+  serve an image with Nf fixations)."""
   m = thresholds(step, inclusive=True).shape[0]
-  valid = jnp.arange(k) < nf[:, None]
-  # (K, splits) draws shared by all images, sample index leading: with counter-based
-  # (partitionable) threefry an image's draws depend neither on the padding K nor on
-  # the other images of the batch.
-  idx = jax.random.randint(key, (k, n_splits), 0, sn.shape[1]).T
-  neg = jnp.take(sn, idx, axis=1)                                           # (B, S, K)
+  valid = jnp.arange(thr_n.shape[1]) < nf[:, None]
+  neg = jnp.take(sn, draws.T, axis=1)                                       # (B, S, K)
   return _split_auc(_hist(thr_n, valid, step, m),
                     _suffix(_hist(neg, valid[:, None, :], step, m)))
 
@@ -203,12 +230,12 @@ def _exclusive_auc(fix_hist: Array, fix_top: Array, neg_hist: Array, neg_top: Ar
   return _curve_area(tp, fp, t < jnp.maximum(fix_top, neg_top)[:, None])
 
 
-def auc_salicon(sn: Array, thr_n: Array, fixw: Array, key: Array, *, n_rand: int,
-                step: float) -> Array:
-  """SALICON 2015 'AUC': one draw of ``n_rand`` uniform random pixels as negatives,
-  fixations weighted by count (``fixw``, 0 = padding), thresholds exclusive of the max."""
+def auc_salicon(sn: Array, thr_n: Array, fixw: Array, draws: Array, *, step: float) -> Array:
+  """SALICON 2015 'AUC': the pixels ``draws`` (one draw of 100,000 uniform random pixels)
+  as negatives, fixations weighted by count (``fixw``, 0 = padding), thresholds exclusive
+  of the max."""
   m = thresholds(step, inclusive=False).shape[0]
-  neg = jnp.take(sn, jax.random.randint(key, (n_rand,), 0, sn.shape[1]), axis=1)  # (B, R)
+  neg = jnp.take(sn, draws, axis=1)                                         # (B, R)
   return _exclusive_auc(_hist(thr_n, fixw, step, m), thr_n[:, 0],
                         _hist(neg, jnp.ones((), jnp.float32), step, m), jnp.max(neg, axis=1),
                         step)

@@ -18,12 +18,13 @@ TOPK_NAMES = AUC_NAMES | {'information_gain'}  # need the fixated values and pix
 STATIC = ('names', 'protocol', 'kcap', 'jitter', 'n_splits', 'step')
 
 
-def program(sal, fix, den, oth, base, ops, seed, *, names, protocol, kcap, jitter, n_splits,
-            step):
+def program(sal, fix, den, oth, base, ops, draws, seed, *, names, protocol, kcap, jitter,
+            n_splits, step):
   """All requested metrics for one batch, sharing the intermediate maps.
 
   ``sal`` (B, h, w) is resized to the ground truth's (fixation, else density map) size;
-  ``oth`` and ``base`` may have batch size 1. Returns ``(scores, flags)``: ``scores[name]``
+  ``oth`` and ``base`` may have batch size 1; ``ops`` are the SALICON blur operators,
+  ``draws`` the random pixels of AUC-Borji (see :func:`random_pixels`). Returns ``(scores, flags)``: ``scores[name]``
   is (B,) float32 (plus the sAUC histograms for :func:`sauc_stage2`), ``flags[(arg,
   what)]`` (B,) bool, True where the argument is invalid (non-finite or negative).
   """
@@ -33,15 +34,17 @@ def program(sal, fix, den, oth, base, ops, seed, *, names, protocol, kcap, jitte
   flags = {}
 
   def flat(x, arg, nonneg=False):
+    kind = jnp.dtype(x.dtype).kind  # unsigned and bool inputs need no checks
     x = x.astype(jnp.float32)
     if x.shape[1:] != (h, w):
       x = jax.image.resize(x, (x.shape[0], h, w), method='linear')
     x = x.reshape(x.shape[0], n)
-    lo, hi = jnp.min(x, axis=1), jnp.max(x, axis=1)  # min/max propagate NaN
-    flags[(arg, 'NaN or infinite values')] = jnp.broadcast_to(
-        ~(jnp.isfinite(lo) & jnp.isfinite(hi)), (b,))
-    if nonneg:
-      flags[(arg, 'negative values')] = jnp.broadcast_to(lo < 0, (b,))
+    if kind in 'fc':
+      lo, hi = jnp.min(x, axis=1), jnp.max(x, axis=1)  # min/max propagate NaN
+      flags[(arg, 'NaN or infinite values')] = jnp.broadcast_to(
+          ~(jnp.isfinite(lo) & jnp.isfinite(hi)), (b,))
+    if nonneg and kind in 'fci':
+      flags[(arg, 'negative values')] = jnp.broadcast_to(jnp.min(x, axis=1) < 0, (b,))
     return jnp.broadcast_to(x, (b, n))
 
   s = flat(sal, 'saliency_map', nonneg='kld' in names)
@@ -50,7 +53,6 @@ def program(sal, fix, den, oth, base, ops, seed, *, names, protocol, kcap, jitte
   o = flat(oth, 'other_fixation_map', nonneg=True) if oth is not None else None
   bl = flat(base, 'baseline_map') if base is not None else None
   fixated = f > 0 if f is not None else None
-  key = jax.random.PRNGKey(seed)
   salicon = protocol == 'salicon'
   out = {}
 
@@ -67,13 +69,12 @@ def program(sal, fix, den, oth, base, ops, seed, *, names, protocol, kcap, jitte
     idx = jnp.minimum(idx, n - 1)  # padding of tiny maps
     counts = jnp.where(valid, jnp.take_along_axis(f, idx, axis=1), 0.0)
     if 'auc_judd' in names:
-      out['auc_judd'] = _auc.auc_judd(s, thr, nf, jitter=jitter)
+      out['auc_judd'] = _auc.auc_judd(s, (h, w), thr, nf, jitter=jitter)
     if 'auc_borji' in names:
-      k1 = jax.random.fold_in(key, 1)
       if salicon:
-        v = _auc.auc_salicon(sn, thr_n, counts, k1, n_rand=SALICON_N_RAND, step=SALICON_STEP)
+        v = _auc.auc_salicon(sn, thr_n, counts, draws, step=SALICON_STEP)
       else:
-        v = _auc.auc_borji(sn, thr_n, nf, k1, n_splits=n_splits, step=step)
+        v = _auc.auc_borji(sn, thr_n, nf, draws, step=step)
       out['auc_borji'] = jnp.where(constant | (nf == 0), jnp.nan, v)
     if 'sauc' in names:
       if o is None:
@@ -104,6 +105,14 @@ def program(sal, fix, den, oth, base, ops, seed, *, names, protocol, kcap, jitte
   return out, flags
 
 
+@functools.lru_cache(maxsize=16)
+def random_pixels(seed: int, shape: tuple[int, ...], n: int) -> np.ndarray:
+  """Uniform random pixel indices in [0, n), filled row by row from ``seed``: the first
+  rows do not depend on how many rows there are (the fixation-count bucket), nor on the
+  images they are used for."""
+  return np.random.default_rng([seed, 1]).integers(0, n, shape, dtype=np.int32)
+
+
 @functools.partial(jax.jit, static_argnames=('n_splits',))
 def sauc_stage2(fix_hist, pop_hist, seed, *, n_splits):
   """MIT shuffled AUC of many images from their histograms (see ``_auc.sauc_mit``)."""
@@ -122,9 +131,9 @@ def sharded(devices: tuple, batched_args: tuple[bool, ...]):
   mesh = Mesh(np.array(devices), ('d',))
   batch, rep = PartitionSpec('d'), PartitionSpec()
 
-  def run(sal, fix, den, oth, base, ops, seed, **static):
-    specs = tuple(batch if b else rep for b in batched_args) + (rep, rep)
+  def run(sal, fix, den, oth, base, ops, draws, seed, **static):
+    specs = tuple(batch if b else rep for b in batched_args) + (rep, rep, rep)
     fn = jax.shard_map(functools.partial(program, **static), mesh=mesh, in_specs=specs,
                        out_specs=batch, check_vma=False)
-    return fn(sal, fix, den, oth, base, ops, seed)
+    return fn(sal, fix, den, oth, base, ops, draws, seed)
   return jax.jit(run, static_argnames=STATIC)
