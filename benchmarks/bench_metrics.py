@@ -159,7 +159,8 @@ def main() -> None:
   means = {k: float(np.nanmean(np.concatenate([r[k] for r in results]))) for k in results[0]}
   print(f'JAX compute_all, all 8 metrics ({args.protocol}), {done} maps: {elapsed:.1f} s '
         f'({1e3 * elapsed / done:.2f} ms/map, {done / elapsed:.0f} maps/s; process CPU '
-        f'{cpu:.1f} s)')
+        f'{cpu:.1f} s = {1e3 * cpu / done:.2f} ms/map; load average after '
+        f'{os.getloadavg()[0]:.1f})')
   print('  means: ' + ', '.join(f'{k} {v:.4f}' for k, v in means.items()))
 
   if args.breakdown:

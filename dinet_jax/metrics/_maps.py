@@ -37,10 +37,14 @@ def cc(s: Array, d: Array) -> Array:
       jnp.sum(jnp.square(ds), axis=1) * jnp.sum(jnp.square(dd), axis=1))
 
 
+def _nonzero(x: Array) -> Array:
+  """(B, 1): any(x != 0), from the min and max (shared with other metrics)."""
+  return (jnp.min(x, axis=1, keepdims=True) != 0) | (jnp.max(x, axis=1, keepdims=True) != 0)
+
+
 def _to_distribution(x: Array) -> Array:
   """x / sum(x), left unchanged when x is all zero (as the Matlab code does)."""
-  total = jnp.sum(x, axis=1, keepdims=True)
-  return jnp.where(jnp.any(x != 0, axis=1, keepdims=True), x / total, x)
+  return jnp.where(_nonzero(x), x / jnp.sum(x, axis=1, keepdims=True), x)
 
 
 def kld(s: Array, d: Array) -> Array:
@@ -58,9 +62,8 @@ def sim(s: Array, d: Array) -> Array:
   """Histogram intersection of the min-max, then sum, normalized maps (all-zero maps stay
   zero; a constant non-zero map gives NaN)."""
   def norm(x):
-    nonzero = jnp.any(x != 0, axis=1, keepdims=True)
     y = _minmax(x)
-    return jnp.where(nonzero, y / jnp.sum(y, axis=1, keepdims=True), x)
+    return jnp.where(_nonzero(x), y / jnp.sum(y, axis=1, keepdims=True), x)
   return jnp.sum(jnp.minimum(norm(s), norm(d)), axis=1)
 
 
