@@ -43,30 +43,10 @@ def blur(maps: np.ndarray, sigma: float) -> np.ndarray:
 def score(saliency: np.ndarray, fixations: np.ndarray, density: np.ndarray, *,
           names: Sequence[str], baseline: np.ndarray | None = None,
           other_fixations: np.ndarray | None = None, protocol: str = 'mit') -> dict[str, np.ndarray]:
-  """Per-image metrics for a stack of same-sized (N, H, W) maps (``protocol``: 'mit' or
-  'salicon', see ``dinet_jax.metrics``)."""
-  out = {}
-  for name in names:
-    if name == 'auc_judd':
-      out[name] = metrics.auc_judd(saliency, fixations)
-    elif name == 'auc_borji':
-      out[name] = metrics.auc_borji(saliency, fixations, protocol=protocol)
-    elif name == 'sauc':
-      out[name] = metrics.sauc(saliency, fixations, other_fixations, protocol=protocol)
-    elif name == 'nss':
-      out[name] = metrics.nss(saliency, fixations, protocol=protocol)
-    elif name == 'cc':
-      # SALICON's CC compares with its own blur of the fixations, MIT's with the map.
-      out[name] = metrics.cc(saliency, fixations if protocol == 'salicon' else density,
-                             protocol=protocol)
-    elif name == 'kld':
-      out[name] = metrics.kld(saliency, density)
-    elif name == 'sim':
-      out[name] = metrics.sim(saliency, density)
-    elif name == 'information_gain':
-      out[name] = metrics.information_gain(saliency, fixations, baseline)
-    else:
-      raise ValueError(f'Unknown metric {name!r}; valid: {", ".join(ALL_METRICS)}')
+  """Per-image metrics for a stack of same-sized (N, H, W) maps, in one compiled pass
+  (``protocol``: 'mit' or 'salicon', see ``dinet_jax.metrics``)."""
+  out = metrics.evaluate(tuple(names), saliency, fixations, density, other_fixations,
+                         baseline, protocol=protocol)
   return {k: np.asarray(v, np.float64).reshape(len(saliency)) for k, v in out.items()}
 
 
@@ -167,26 +147,44 @@ class Evaluator:
     return out
 
   def score_examples(self, examples: Iterator[dict[str, Any]], split: str | None = None,
-                     keys: Sequence[str] = ('saliency',)) -> dict[str, dict[str, np.ndarray]]:
-    """Per-image metrics of each prediction key (e.g. several ensemble members)."""
-    per_key: dict[str, dict[str, list]] = {k: defaultdict(list) for k in keys}
+                     keys: Sequence[str] = ('saliency',),
+                     group: int = 32) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image metrics of each prediction key (e.g. several ensemble members), in
+    example order. Same-sized images are scored together, ``group`` at a time."""
+    pending: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    results: dict[str, dict[str, dict[int, float]]] = {k: defaultdict(dict) for k in keys}
     ids = []
+
+    def flush(hw):
+      items = pending.pop(hw, [])
+      if not items:
+        return
+      stack = lambda key: np.stack([e[key] for _, e in items])
+      other = (np.stack([self.other_fixation_map(e['image_id'], hw, split, i)
+                         for i, e in items]) if 'sauc' in self.names else None)
+      for key in keys:
+        values = score(stack(key), stack('fixations'), stack('density'), names=self.names,
+                       baseline=centre_bias_map(*hw)[None], other_fixations=other,
+                       protocol=self.protocol)
+        for name, v in values.items():
+          for (index, _), value in zip(items, v):
+            results[key][name][index] = float(value)
+
     for index, e in enumerate(examples):
       hw = e['density'].shape
       ids.append(e['image_id'])
-      other = (self.other_fixation_map(e['image_id'], hw, split, index)[None]
-               if 'sauc' in self.names else None)
-      baseline = centre_bias_map(*hw)[None]
-      for key in keys:
-        values = score(e[key][None], e['fixations'][None], e['density'][None],
-                       names=self.names, baseline=baseline, other_fixations=other,
-                       protocol=self.protocol)
-        for name, v in values.items():
-          per_key[key][name].append(float(v[0]))
-    result = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in per_key.items()}
-    for k in result:
-      result[k]['image_id'] = np.asarray(ids)
-    return result
+      pending[hw].append((index, {k: e[k] for k in (*keys, 'fixations', 'density',
+                                                     'image_id')}))
+      if len(pending[hw]) >= group:
+        flush(hw)
+    for hw in list(pending):
+      flush(hw)
+    out = {}
+    for key in keys:
+      out[key] = {name: np.asarray([by_index[i] for i in range(len(ids))])
+                  for name, by_index in results[key].items()}
+      out[key]['image_id'] = np.asarray(ids)
+    return out
 
   def baseline(self, split: str | None = None) -> dict[str, float]:
     """Mean metrics of the centre-bias map on the split (cached)."""
