@@ -136,10 +136,14 @@ def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
     for m in METRICS:
       values = np.asarray([r['final'][m] for r in runs if r['final'].get(m) is not None],
                           np.float64)
+      finite = values[np.isfinite(values)]
       if len(values):
-        row[m] = dict(mean=float(values.mean()),
-                      std=float(values.std(ddof=1)) if len(values) > 1 else float('nan'),
-                      min=float(values.min()), max=float(values.max()))
+        # CC and NSS are undefined (NaN) for a constant map: counted, not averaged.
+        row[m] = dict(nonfinite=int(len(values) - len(finite)), **(dict(
+            mean=float(finite.mean()),
+            std=float(finite.std(ddof=1)) if len(finite) > 1 else float('nan'),
+            min=float(finite.min()), max=float(finite.max())) if len(finite) else dict(
+                mean=float('nan'), std=float('nan'), min=float('nan'), max=float('nan'))))
     rows.append(row)
   return rows
 
@@ -149,6 +153,16 @@ def centre_bias(results: dict[str, Any]) -> dict[str, float]:
   if not runs:
     return {}
   return {m: float(np.mean([r['baseline'][m] for r in runs])) for m in runs[0]['baseline']}
+
+
+def _cell(stats: dict[str, float] | None) -> str:
+  if stats is None:
+    return ''
+  if not np.isfinite(stats['mean']):
+    return f'undefined ({stats["nonfinite"]}×)'
+  text = (f'{stats["mean"]:.3f} ± {stats["std"]:.3f}' if np.isfinite(stats['std'])
+          else f'{stats["mean"]:.3f}')
+  return text + (f' ({stats["nonfinite"]}× undefined)' if stats['nonfinite'] else '')
 
 
 def format_markdown(results: dict[str, Any]) -> str:
@@ -161,14 +175,12 @@ def format_markdown(results: dict[str, Any]) -> str:
   lines = ['| ' + ' | '.join(head) + ' |',
            '|' + '|'.join(['---'] * 3 + ['---:'] * (len(head) - 3)) + '|']
   for r in rows:
-    cells = [f'`{r["entry"]}`', f'`{r["variant"]}`', r['loss_name'], f'{r["params"]:,}', str(r['n'])]
+    cells = [f'`{r["entry"]}`', f'`{r["variant"]}`', r['loss_name'], f'{r["params"]:,}',
+             str(r['n'])]
     for m in metrics:
-      s = r.get(m)
-      cells.append('' if s is None else
-                   f'{s["mean"]:.3f} ± {s["std"]:.3f}' if np.isfinite(s['std']) else
-                   f'{s["mean"]:.3f}')
+      cells.append(_cell(r.get(m)))
     cc = r.get('cc')
-    cells.append(f'{cc["min"]:.3f}..{cc["max"]:.3f}' if cc else '')
+    cells.append(f'{cc["min"]:.3f}..{cc["max"]:.3f}' if cc and np.isfinite(cc['min']) else '')
     cells.append(f'{r["seconds"]:.0f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
   bias = centre_bias(results)

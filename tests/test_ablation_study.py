@@ -58,6 +58,18 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
   assert rows[0]['cc']['std'] == pytest.approx(0.0)
 
 
+def test_undefined_metrics_of_constant_maps_are_counted_not_averaged():
+  results = fake_results()
+  results['runs']['dinet/seed1']['final']['cc'] = float('nan')
+  for seed in (0, 1, 2):
+    results['runs'][f'baseline/seed{seed}']['final']['nss'] = float('nan')
+  rows = study.aggregate(results)
+  assert rows[1]['cc']['mean'] == pytest.approx(0.6) and rows[1]['cc']['nonfinite'] == 1
+  assert np.isnan(rows[0]['nss']['mean']) and rows[0]['nss']['nonfinite'] == 3
+  text = study.format_markdown(results)
+  assert '0.600 ± 0.141 (1× undefined)' in text and 'undefined (3×)' in text
+
+
 def test_markdown_table():
   text = study.format_markdown(fake_results())
   lines = text.splitlines()

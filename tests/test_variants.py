@@ -111,7 +111,8 @@ def test_every_variant_is_input_sized_at_odd_sizes(name):
 
 
 def test_minmax_rescale_is_linear_into_unit_interval():
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 9, 1)) * jnp.array([1., 50., 1e-3])[:, None, None, None]
+  scales = jnp.array([1., 50., 1e-3])[:, None, None, None]
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 9, 1)) * scales
   y = np.asarray(minmax_rescale(x))
   np.testing.assert_allclose(y.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
   np.testing.assert_allclose(y.max(axis=(1, 2, 3)), 1.0, atol=1e-3)

@@ -12,11 +12,11 @@ optional; the defaults give the paper's DINet:
     stride 32).  train_bn: False (frozen BatchNorm).
   context: 'dim' (default; the DIM, Fig. 4(e), alias 'inception_e'), 'baseline' (the
     1x1 layer only), 'none' (backbone straight into the decoder), 'inception_a' ..
-    'inception_d' (Fig. 4(a)-(d); (d) uses ``rates``), 'aspp_s', 'aspp_l' (Fig. 4(f) with rates (2, 4, 8, 12)
-    / (6, 12, 18, 24)) or 'aspp' (with ``rates``). ASPP replaces the context module *and*
-    the decoder (the decoder fields are then unused).  context_features: 256 (filters of
-    every context-module conv).  rates: (4, 8, 16) (DIM, 'inception_d', 'aspp').  fusion: 'sum' or
-    'concat' (DIM).
+    'inception_d' (Fig. 4(a)-(d); (d) uses ``rates``), 'aspp_s', 'aspp_l' (Fig. 4(f)
+    with rates (2, 4, 8, 12) / (6, 12, 18, 24)) or 'aspp' (with ``rates``). ASPP
+    replaces the context module *and* the decoder (the decoder fields are then unused).
+    context_features: 256 (filters of every context-module conv).  rates: (4, 8, 16)
+    (DIM, 'inception_d', 'aspp').  fusion: 'sum' or 'concat' (DIM).
   decoder: 'conv' (``decoder_layers`` 3x3 convs + prediction conv) or 'deconv'
     (``decoder_layers`` 4x4 stride-2 transposed convs + prediction conv).
     decoder_features: 256.  decoder_layers: 2 (the paper's "3 conv layers" decoder).
