@@ -1,11 +1,16 @@
-"""Converts torchvision ResNet-50 checkpoints into Flax variables for ``ResNet50``.
+"""Converts PyTorch checkpoints into Flax variables: torchvision ResNet-50 for ``ResNet50``,
+and whole PyTorch DINet ports (backbone, DIM, decoder) for ``DINet``.
 
     python -m dinet_jax.convert --torchvision resnet50-0676ba61.pth --output data/resnet50_v1
+    python -m dinet_jax.convert --dinet dinet_port.pth --output data/dinet_from_torch
 
-writes an orbax checkpoint of ``{'params': ..., 'batch_stats': ...}`` that training reads
-through ``config.backbone_weights``. Conv kernels go from torch's OIHW to HWIO, BatchNorm
-``weight/bias/running_mean/running_var`` to ``scale/bias/mean/var``; ``num_batches_tracked``
-is dropped.
+write an orbax checkpoint of ``{'params': ..., 'batch_stats': ...}`` (training reads the
+first through ``config.backbone_weights``). Conv kernels go from torch's OIHW to HWIO,
+BatchNorm ``weight/bias/running_mean/running_var`` to ``scale/bias/mean/var``;
+``num_batches_tracked`` is dropped. A DINet state_dict is expected in the layout of
+``benchmarks/torch_reference.py`` (``backbone.*`` a torchvision ResNet-50,
+``context.reduce/branch{i}``, ``decoder.conv{i}/out``); other ports' names are mapped with
+``rename`` (``--rename OLD=NEW``, prefixes).
 """
 
 from __future__ import annotations
@@ -167,6 +172,56 @@ def torchvision_resnet50_to_flax(state_dict_or_path: Any, *,
                             source=source)
 
 
+def _read_state_dict(state_dict_or_path: Any) -> tuple[dict[str, np.ndarray], str]:
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    return (load_torch_state_dict(state_dict_or_path),
+            repr(os.fspath(state_dict_or_path)))
+  return _flatten_state_dict(state_dict_or_path, 'the state_dict'), 'the state_dict'
+
+
+def rename_keys(state_dict: Mapping[str, Any],
+                rename: Mapping[str, str]) -> dict[str, Any]:
+  """Replaces key prefixes: ``rename={'encoder.': 'backbone.', 'dim.': 'context.'}``.
+  The longest matching prefix wins; keys that match none are kept."""
+  prefixes = sorted(rename, key=len, reverse=True)
+  out = {}
+  for key, value in state_dict.items():
+    for p in prefixes:
+      if key.startswith(p):
+        key = rename[p] + key[len(p):]
+        break
+    if key in out:
+      raise ValueError(f'rename maps two checkpoint entries to {key!r}.')
+    out[key] = value
+  return out
+
+
+def torch_dinet_to_flax(state_dict_or_path: Any, model: Any = None, *,
+                        rename: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """``{'params', 'batch_stats'}`` for a Flax ``DINet`` from a PyTorch DINet checkpoint.
+
+  ``state_dict_or_path``: a path, or a mapping of names to torch tensors or arrays, in
+  the layout of ``benchmarks/torch_reference.py``'s ``TorchDINet``: ``backbone.*`` (a
+  torchvision ResNet-50; a classifier ``backbone.fc.*`` is ignored),
+  ``context.reduce.weight``, ``context.branch{i}.weight``, ``decoder.conv{i}.weight``,
+  ``decoder.out.weight``. ``model``: the Flax model the variables are for (default
+  ``DINet()``; e.g. ``create_model({'context': 'baseline'})`` for the baseline).
+  ``rename``: key prefixes to replace first, for ports with other module names.
+  Raises ``ValueError`` listing every missing, unexpected and wrongly shaped key.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from dinet_jax.models import DINet
+
+  sd, source = _read_state_dict(state_dict_or_path)
+  if rename:
+    sd = rename_keys(sd, rename)
+  model = DINet() if model is None else model
+  target = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  return convert_state_dict(sd, target, ignore_prefixes=('backbone.fc.',), source=source)
+
+
 def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *,
                    overwrite: bool = False) -> str:
   """Saves a variable tree with orbax (atomically: written to a temporary name first)."""
@@ -198,14 +253,35 @@ def main(argv: list[str] | None = None) -> int:
 
   parser = argparse.ArgumentParser(
       prog='python -m dinet_jax.convert', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--torchvision', required=True, metavar='PATH.pth',
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--torchvision', metavar='PATH.pth',
                       help='torchvision ResNet-50 checkpoint (e.g. resnet50-0676ba61.pth)')
+  source.add_argument('--dinet', metavar='PATH.pth',
+                      help='whole PyTorch DINet checkpoint (backbone, DIM, decoder)')
   parser.add_argument('--output', required=True, metavar='DIR', help='orbax output directory')
-  parser.add_argument('--include-head', action='store_true', help='keep the fc classifier')
+  parser.add_argument('--include-head', action='store_true',
+                      help='keep the fc classifier (--torchvision only)')
+  parser.add_argument('--rename', action='append', default=[], metavar='OLD=NEW',
+                      help='replace the key prefix OLD by NEW (--dinet only; repeatable), '
+                           'e.g. --rename encoder.=backbone.')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing DIR')
   args = parser.parse_args(argv)
   try:
-    variables = torchvision_resnet50_to_flax(args.torchvision, include_head=args.include_head)
+    if args.dinet:
+      if args.include_head:
+        raise ValueError('--include-head applies to --torchvision checkpoints only')
+      rename = {}
+      for item in args.rename:
+        if '=' not in item:
+          raise ValueError(f'--rename expects OLD=NEW, got {item!r}')
+        old, new = item.split('=', 1)
+        rename[old] = new
+      variables = torch_dinet_to_flax(args.dinet, rename=rename)
+    else:
+      if args.rename:
+        raise ValueError('--rename applies to --dinet checkpoints only')
+      variables = torchvision_resnet50_to_flax(args.torchvision,
+                                               include_head=args.include_head)
     out = save_variables(variables, args.output, overwrite=args.overwrite)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
