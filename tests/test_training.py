@@ -132,11 +132,20 @@ def test_clear_errors_for_weights_dataset_and_batch_size(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_matches_uninterrupted(data_dir, tmp_path, reference_run):
-  """The real command, killed with SIGKILL after its first checkpoint, then rerun."""
+  """The real command, killed with SIGKILL after its first checkpoint, then rerun, ends
+  where the same command run without interruption ends (both as subprocesses, so that
+  both compile identically)."""
+  def command(workdir):
+    return [sys.executable, os.path.join(REPO, 'train.py'), f'--workdir={workdir}'] + \
+        cli_overrides(tiny_config(data_dir))
+
+  whole = str(tmp_path / 'whole')
+  done = subprocess.run(command(whole), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+
   workdir = str(tmp_path / 'killed')
-  cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--workdir={workdir}'] + \
-      cli_overrides(tiny_config(data_dir))
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(command(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -148,12 +157,13 @@ def test_sigkill_then_rerun_matches_uninterrupted(data_dir, tmp_path, reference_
   proc.wait()
   killed_at = checkpoints.load_checkpoint(workdir, 'latest')[1]['step']
   assert 3 <= killed_at < 16
-  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  done = subprocess.run(command(workdir), cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f'Resuming {workdir} from step {killed_at}' in done.stdout
   variables, meta = checkpoints.load_checkpoint(workdir, 'latest')
   assert meta['step'] == 16
-  assert_same_params(variables['params'], reference_run[2]['params'])
+  assert_same_params(variables['params'], checkpoints.load_checkpoint(whole, 'latest')[0]['params'])
 
 
 @pytest.mark.slow
