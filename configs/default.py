@@ -19,6 +19,7 @@ import ml_collections
 def get_model_config() -> ml_collections.ConfigDict:
   """The paper's DINet (``dinet_jax.models.create_model`` fields)."""
   return ml_collections.ConfigDict(dict(
+      architecture='dinet',  # see dinet_jax/models/factory.py and configs/variants.py
       backbone='resnet50',
       backbone_width=64,
       stage_sizes=(3, 4, 6, 3),
