@@ -63,30 +63,42 @@ def test_dinet_maps_match_pytorch(net, variables, images, impl):
   assert err <= 1e-4, err
 
 
-def torch_grads_float64(net, images, target):
-  """Parameter gradients of mean((net(x) - target)^2) in float64, in the Flax layout."""
-  net64 = copy.deepcopy(net).double()
-  pred = net64(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).double())
-  ((pred - torch.from_numpy(target.transpose(0, 3, 1, 2).copy()).double()) ** 2).mean().backward()
+def torch_grads(net, images, target, dtype=torch.float64):
+  """Parameter gradients of mean((net(x) - target)^2) computed in ``dtype``, in the Flax
+  layout."""
+  net_d = copy.deepcopy(net).to(dtype)
+  pred = net_d(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(dtype))
+  ((pred - torch.from_numpy(target.transpose(0, 3, 1, 2).copy()).to(dtype)) ** 2).mean().backward()
   # The converter maps torch names to Flax paths and transposes kernels.
-  sd = {k: p.grad.float() for k, p in net64.named_parameters()}
-  sd.update({k: b.float() for k, b in net64.named_buffers()})
+  sd = {k: p.grad.float() for k, p in net_d.named_parameters()}
+  sd.update({k: b.float() for k, b in net_d.named_buffers()})
   return convert.torch_dinet_to_flax(sd)['params']
+
+
+def _worst_relative_error(grads, expected) -> float:
+  errors = jax.tree.map(
+      lambda g, e: float(np.linalg.norm(np.asarray(g) - e) / np.linalg.norm(e)),
+      grads, expected)
+  return max(jax.tree.leaves(errors))
 
 
 @pytest.mark.parametrize('impl', ['matmul', pytest.param('xla', marks=pytest.mark.slow)])
 def test_loss_gradients_match_pytorch(net, variables, images, impl):
   """Training parity: the frozen-BatchNorm gradient of every parameter agrees with the
-  float64 PyTorch reference.
+  float64 PyTorch reference, as closely as PyTorch's own float32 gradient does.
 
-  The loss is smooth (TVD's sign(P - Q) flips where P ~ Q under rounding). Measured
-  relative L2 errors per parameter, against float64: matmul convolutions (the CPU
-  default) at most 3e-5; PyTorch's own float32 4.8e-4 (a few ReLUs flip); XLA's CPU
-  convolutions 4.3e-3 (the kernel gradients it computes as convolutions are less
-  accurate), hence the separate tolerances.
+  The loss is smooth (TVD's sign(P - Q) flips where P ~ Q under rounding), but ReLUs
+  whose input is within float32 rounding of 0 flip: on this input one does in PyTorch's
+  float32 (relative L2 error 4.8e-4 for the most affected parameter, the stem's
+  kernel), and in the matmul formulation according to its summation order (4.8e-4 when
+  it flips, 2.6e-5 when it does not). Hence the bound: float32 PyTorch's error with a
+  margin, and at most 1e-3. XLA's CPU convolutions reach 4.3e-3 (the kernel gradients
+  it computes as convolutions are less accurate), hence their separate tolerance.
   """
   target = np.random.default_rng(2).random((2, 64, 96, 1)).astype(np.float32)
-  expected = torch_grads_float64(net, images, target)
+  expected = torch_grads(net, images, target)
+  torch32 = _worst_relative_error(torch_grads(net, images, target, torch.float32), expected)
+  assert torch32 < 1e-3, torch32  # the reference itself is sound
 
   def loss(params):
     pred = DINet().apply({'params': params, 'batch_stats': variables['batch_stats']},
@@ -95,11 +107,9 @@ def test_loss_gradients_match_pytorch(net, variables, images, impl):
 
   with use_conv_impl(impl):
     grads = jax.jit(jax.grad(loss))(variables['params'])
-  errors = jax.tree.map(
-      lambda g, e: float(np.linalg.norm(np.asarray(g) - e) / np.linalg.norm(e)),
-      grads, expected)
-  worst = max(jax.tree.leaves(errors))
-  assert worst < (1e-4 if impl == 'matmul' else 1e-2), worst
+  worst = _worst_relative_error(grads, expected)
+  bound = max(1e-4, 1.5 * torch32) if impl == 'matmul' else 1e-2
+  assert worst < bound, (worst, torch32)
 
 
 def test_variant_at_odd_size_converts_and_matches():
