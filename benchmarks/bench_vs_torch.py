@@ -17,12 +17,14 @@ and the same inputs. Cases:
 PyTorch runs with ``torch.set_num_threads(os.cpu_count())``; for each case the warm-up
 times both memory formats (NCHW and ``channels_last``) and the faster one is used (and
 reported), so PyTorch is not handicapped. After compilation and warm-up the two
-frameworks alternate, call by call, ``--reps`` times; the table gives medians, the
-ratio JAX/PyTorch in images/s, the measured float32 matmul peak (the better of
-``jnp.dot`` and ``torch.mm`` on 4096x4096) and each figure's FLOP/s as a fraction of it
-(FLOPs per image from XLA's cost analysis of the plain convolution formulation, the same
-count for both frameworks). Run it on an otherwise idle machine: other processes slow
-PyTorch's OpenMP threads more than XLA's.
+frameworks alternate, call by call, ``--reps`` times, with a short pause before each
+call (``--pause``: OpenMP and Eigen worker threads spin for a while after a parallel
+region and would otherwise slow the next call of the other framework). The table gives
+medians, the ratio JAX/PyTorch in images/s, the measured float32 matmul peak (the
+better of ``jnp.dot`` and ``torch.mm`` on 4096x4096) and each figure's FLOP/s as a
+fraction of it (FLOPs per image from XLA's cost analysis of the plain convolution
+formulation, the same count for both frameworks). Run it on an otherwise idle machine:
+other processes slow PyTorch's OpenMP threads more than XLA's.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--quick', action='store_true', help='3 repetitions')
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
                       help='PyTorch intra-op threads (default: all cores)')
+  parser.add_argument('--pause', type=float, default=0.25,
+                      help='seconds of sleep before each timed call, so that the other '
+                           "framework's spinning worker threads are idle (default 0.25)")
   parser.add_argument('--json', action='store_true', help='also print a JSON object')
   args = parser.parse_args(argv)
   reps = args.reps or (3 if args.quick else 7)
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
   for rep in range(reps):
     for name, _, jcase, tcase in cases:
       for fw, fn in (('jax', jcase.run), ('torch', tcase.run)):
+        time.sleep(args.pause)
         t = time.perf_counter()
         fn()
         times[name][fw].append(time.perf_counter() - t)
