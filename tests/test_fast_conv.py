@@ -23,13 +23,13 @@ GEOMETRIES = [
     (9, 10, 32, 3, 2, 1, (1, 1), ('taps', 'im2col')),
     (9, 9, 32, 1, 2, 1, (0, 0), ('taps',)),
     (7, 9, 32, 1, 1, 1, (0, 0), ('taps',)),
-    (7, 9, 32, 3, 1, 1, (1, 1), ('taps', 'winograd', 'winograd4')),
-    (15, 20, 32, 3, 1, 2, (2, 2), ('taps', 'winograd', 'winograd4')),
-    (15, 20, 32, 3, 1, 4, (4, 4), ('taps', 'winograd', 'winograd4')),
-    (15, 20, 32, 3, 1, 8, (8, 8), ('taps', 'winograd', 'winograd4')),
-    (15, 20, 32, 3, 1, 16, (16, 16), ('taps', 'winograd', 'winograd4')),
+    (7, 9, 32, 3, 1, 1, (1, 1), ('taps', 'winograd')),
+    (15, 20, 32, 3, 1, 2, (2, 2), ('taps', 'winograd')),
+    (15, 20, 32, 3, 1, 4, (4, 4), ('taps', 'winograd')),
+    (15, 20, 32, 3, 1, 8, (8, 8), ('taps', 'winograd')),
+    (15, 20, 32, 3, 1, 16, (16, 16), ('taps', 'winograd')),
     (5, 6, 32, 3, 3, 2, (1, 2), ('taps', 'im2col')),
-    (4, 4, 32, 3, 1, 5, (5, 5), ('taps', 'winograd', 'winograd4')),
+    (4, 4, 32, 3, 1, 5, (5, 5), ('taps', 'winograd')),
 ]
 
 
@@ -68,8 +68,6 @@ def test_auto_picks_winograd_where_it_saves_products_and_taps_where_padding_domi
   # 120x160 input: a rate-16 tap row reads only padding on a 15-row map.
   assert conv_method((4, 15, 20, 256), (3, 3, 256, 256), **d(16)) == 'taps'
   assert conv_method((4, 15, 20, 256), (3, 3, 256, 256), **d(1)) == 'winograd'
-  # F(4x4) is never chosen (slower on this CPU, see layers._winograd_applies).
-  assert conv_method((8, 30, 40, 512), (3, 3, 512, 512), **d(4)) == 'winograd'
   # The 7x7 stem on RGB: XLA's convolution. Strided and 1x1: taps.
   assert conv_method((1, 240, 320, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))) == 'xla'
   assert conv_method((1, 60, 80, 128), (3, 3, 128, 128), (2, 2), ((1, 1), (1, 1))) == 'taps'

@@ -6,23 +6,21 @@ Every convolution of the model goes through :func:`conv2d`, which builds a ``nn.
 primitive is :func:`conv_general`. That function picks the formulation:
 
 * ``'xla'``: ``lax.conv_general_dilated``, the plain formulation. Best on GPU and TPU.
-* ``'matmul'``: the convolution as matrix products (:func:`matmul_conv`):
-  Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions, dilated ones included (16
-  instead of 36 products per 2x2 outputs); one matmul per kernel tap, over the output
-  region where the tap reads real input, for 1x1, strided and the dilated convolutions
-  whose taps mostly read padding (rate 16 on a 30x40 map); XLA's own convolution for
-  the 7x7 stem on RGB. Why: on CPU, XLA computes the gradients of a convolution as
-  further convolutions, the kernel gradient one with the batch (4) as contraction depth
-  and the whole feature map as window, several times slower than the same products as a
-  matmul (and less accurate); here the backward pass is matmuls too. The results equal
-  the plain convolution up to float32 rounding (relative error ~1e-6; the parity tests
-  against torchvision hold to 1e-4).
+* ``'matmul'``: the convolution as matrix products, one per kernel tap
+  (:func:`matmul_conv`). On CPU, XLA runs ``dot`` through its fast matmul library
+  (YNNPACK/XNNPACK) but convolutions through Eigen, and the kernel gradients of
+  convolutions, which XLA rewrites into convolutions with the batch (4) as the
+  contraction depth and the whole feature map as the window, run several times slower
+  than the equivalent matmul. Written as matmuls, the backward pass is matmuls too.
+  Taps of a dilated kernel that read only zero padding (a rate-16 tap on a 30x40 map)
+  are skipped, and each tap multiplies only the output region where it reads real
+  input, so no multiply-adds by padding zeros are done: the result equals the plain
+  convolution up to float32 summation order.
 * ``'auto'`` (default): ``'matmul'`` when the default backend is CPU, else ``'xla'``.
 
 Choose globally with the environment variable ``DINET_CONV_IMPL`` (read at import) or
 with ``with use_conv_impl('xla'): ...`` around the *tracing* (the first call of a jitted
-function; later calls reuse the compiled code). No XLA flag or global JAX setting is
-changed.
+function; later calls reuse the compiled code).
 """
 
 from __future__ import annotations
@@ -143,7 +141,12 @@ def _dot(x: jnp.ndarray, w: jnp.ndarray, geo: _Geometry) -> jnp.ndarray:
 
 
 def _sum(parts: list[jnp.ndarray]) -> jnp.ndarray:
-  return functools.reduce(lambda a, b: a + b, parts)
+  out = parts[0]
+  for p in parts[1:]:
+    out = out + p
+  # Materialise the sum once: XLA would otherwise fuse the sum of padded products into
+  # each of its consumers (the next convolution's nine windows) and recompute it there.
+  return lax.optimization_barrier(out) if len(parts) > 1 else out
 
 
 def _tap_conv_fwd(x, kernel, geo: _Geometry):
@@ -218,142 +221,54 @@ def _im2col_conv(x, kernel, geo: _Geometry):
   return _dot(jnp.concatenate(patches, axis=-1), weights, geo)
 
 
-# Winograd F(m x m, 3x3) (Lavin & Gray 2016): per (m + 2)^2 input tile d and m x m
-# output tile, y = A^T [(G g G^T) * (B^T d B)] A, with (m + 2)^2 products instead of
-# 9 m^2: 16 instead of 36 for m = 2, 36 instead of 144 for m = 4. F(4x4) has larger
-# transform coefficients (interpolation points 0, +-1, +-2), so its float32 rounding
-# error is a few times F(2x2)'s (still ~1e-6 relative; tested against lax).
-_WINOGRAD = {
-    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
-        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
-        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
-    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
-        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
-        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
-                  [0, 1, -1, 8, -8, 1]])),
-}
-WINOGRAD_TILES = tuple(_WINOGRAD)
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): per 4x4 input tile d and 2x2 output tile,
+# y = A^T [(G g G^T) * (B^T d B)] A: 16 products instead of 36. The transforms are
+# applied as small matmuls with the Kronecker products below (vec(B^T d B) = BB vec(d)).
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+_WINO_BB = np.kron(_WINO_BT, _WINO_BT)  # (16, 16)
+_WINO_GG = np.kron(_WINO_G, _WINO_G)  # (16, 9)
+_WINO_AA = np.kron(_WINO_AT, _WINO_AT)  # (4, 16)
 
 
-def _wino_padded_size(h: int, w: int, d: int, m: int) -> tuple[int, int]:
-  """The output size rounded up to whole tiles: blocks of m rows (columns) spaced d."""
-  return -(-h // (m * d)) * m * d, -(-w // (m * d)) * m * d
+def _wino_padded_size(h: int, w: int, d: int) -> tuple[int, int]:
+  return -(-h // (2 * d)) * 2 * d, -(-w // (2 * d)) * 2 * d
 
 
-def _lincomb(mat: np.ndarray, xs: list[jnp.ndarray]) -> list[jnp.ndarray]:
-  """``[sum_j mat[i, j] * xs[j] for each row i]``, skipping zero coefficients."""
-  out = []
-  for row in mat:
-    terms = [x if c == 1 else -x if c == -1 else x * float(c)
-             for c, x in zip(row, xs) if c != 0]
-    out.append(functools.reduce(lambda a, b: a + b, terms))
-  return out
+def _left_matmul(m: np.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+  """``m @ x.reshape(k, -1)`` for a small constant (r, k) matrix ``m``."""
+  return lax.dot_general(jnp.asarray(m, x.dtype), x.reshape(m.shape[1], -1),
+                         (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
 
 
-def _wino_kernel_transform(kernel: jnp.ndarray, m: int) -> jnp.ndarray:
-  """``G g G^T`` for every (input, output) channel pair of a 3x3 HWIO kernel, as
-  (m + 2)^2 planes (c, cout), plane ``(m + 2) a + b`` = element (a, b): one matmul by
-  ``kron(G, G)`` (measured faster than the same sums written elementwise, which XLA
-  fuses into one pass that rereads the kernel for every plane)."""
-  g, alpha = _WINOGRAD[m][1], m + 2
-  gg = jnp.asarray(np.kron(g, g), kernel.dtype)
-  u = lax.dot_general(gg, kernel.reshape(9, -1), (((1,), (0,)), ((), ())),
-                      precision=lax.Precision.HIGHEST)
-  return u.reshape(alpha * alpha, *kernel.shape[2:])
-
-
-def _wino_output_transform(planes: jnp.ndarray, m: int) -> jnp.ndarray:
-  """``A^T M A`` for the (m + 2)^2 planes ``M[(m + 2) a + b]``: m^2 planes, ``m p + q``
-  = output (p, q) of each tile."""
-  at, alpha = _WINOGRAD[m][2], m + 2
-  cols = [_lincomb(at, [planes[alpha * a + b] for b in range(alpha)]) for a in range(alpha)]
-  rows = [_lincomb(at, [cols[a][q] for a in range(alpha)]) for q in range(m)]
-  return jnp.stack([rows[q][p] for p in range(m) for q in range(m)])
-
-
-def _tile_rows(z: jnp.ndarray, axis: int, blocks: int, m: int) -> list[jnp.ndarray]:
-  """The m + 2 views ``z[m i + a]``, a = 0..m+1, i < blocks, along ``axis`` (length
-  ``m (blocks + 1)``), taken as contiguous slices of (blocks + 1, m) groups."""
-  zp = z.reshape(z.shape[:axis] + (blocks + 1, m) + z.shape[axis + 1:])
-  at = lambda a: (slice(None),) * axis + (slice(a // m, a // m + blocks), a % m)
-  return [zp[at(a)] for a in range(m + 2)]
-
-
-def _untile_rows(views: list[jnp.ndarray], axis: int, m: int) -> jnp.ndarray:
-  """Adjoint of :func:`_tile_rows`: adds the m + 2 views back where they were read."""
-  def shift(x, lo):
-    cfg = [(0, 0, 0)] * x.ndim
-    cfg[axis] = (lo, 1 - lo, 0)
-    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
-  z = jnp.stack([_sum([shift(views[a], a // m) for a in range(p, m + 2, m)])
-                 for p in range(m)], axis=axis + 1)
-  return z.reshape(z.shape[:axis] + (z.shape[axis] * m,) + z.shape[axis + 2:])
-
-
-def _wino_input(xr: jnp.ndarray, blocks: tuple[int, int], axes: tuple[int, int], m: int):
-  """The (m + 2)^2 planes ``B^T d B`` of all input tiles, separably: B^T along the rows
-  of the tiles (``axes[0]``), then along their columns (``axes[1]``), without first
-  writing the larger array of overlapping tiles."""
-  bt = _WINOGRAD[m][0]
-  rows = _lincomb(bt, _tile_rows(xr, axes[0], blocks[0], m))
-  planes = []
-  for r in rows:
-    planes += _lincomb(bt, _tile_rows(r, axes[1], blocks[1], m))
-  return jnp.stack(planes)
-
-
-def _wino_input_transposed(dv: jnp.ndarray, blocks: tuple[int, int], axes: tuple[int, int],
-                           m: int) -> jnp.ndarray:
-  bt, alpha = _WINOGRAD[m][0], m + 2
-  drows = [_untile_rows(_lincomb(bt.T, [dv[alpha * k + l] for l in range(alpha)]),
-                        axes[1], m) for k in range(alpha)]
-  return _untile_rows(_lincomb(bt.T, drows), axes[0], m)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _wino_input_transform(xr, blocks, axes, m):
-  return _wino_input(xr, blocks, axes, m)
-
-
-# The transform is linear: its VJP is the transposed transform, computed separably too
-# (JAX's own VJP of the slices would pad and add (m + 2)^2 full-size arrays).
-_wino_input_transform.defvjp(
-    lambda xr, blocks, axes, m: (_wino_input(xr, blocks, axes, m), None),
-    lambda blocks, axes, m, _, g: (_wino_input_transposed(g, blocks, axes, m),))
-
-
-def _winograd_conv(x, kernel, geo: _Geometry, m: int = 2):
-  """3x3 stride-1 convolution with dilation d and padding d, Winograd F(m x m, 3x3).
+def _winograd_conv(x, kernel, geo: _Geometry):
+  """3x3 stride-1 convolution with dilation d and padding d, Winograd F(2x2, 3x3).
 
   A dilated convolution is d x d interleaved dense ones: output rows are grouped in
-  blocks of m d, and rows ``m b d + r + k d``, k < m, form one tile, whose input rows
-  are ``m b d + r + (a - 1) d``, a = 0..m+1 (so for columns). The output is padded to
-  a multiple of m d. The (m + 2)^2 transformed planes are multiplied by the transformed
-  kernel in one batched matmul. Differentiated by JAX, the backward pass is Winograd
-  too (the transposed transforms around batched matmuls).
+  blocks of 2d, and row ``2bd + r`` pairs with row ``2bd + d + r`` in one tile, whose
+  input rows are ``2bd + r + (k - 1) d``, k = 0..3 (so for columns). The output is
+  padded to a multiple of 2d. The 16 transformed planes are multiplied by the
+  transformed kernel in one batched matmul. Differentiated by JAX, the backward pass is
+  Winograd too (the transposed transforms around batched matmuls).
   """
   n, h, w, c = x.shape
   cout = kernel.shape[-1]
-  d, alpha = geo.dilation[0], m + 2
-  hp, wp = _wino_padded_size(h, w, d, m)
-  bh, bw = hp // (m * d), wp // (m * d)
+  d = geo.dilation[0]
+  hp, wp = _wino_padded_size(h, w, d)
+  bh, bw = hp // (2 * d), wp // (2 * d)
   tiles = n * bh * d * bw * d
-  # Padded to m (blocks + 1) rows of d: d before, the rest (at least d) after.
-  xp = jnp.pad(x, ((0, 0), (d, hp - h + (m - 1) * d), (d, wp - w + (m - 1) * d), (0, 0)))
-  if d == 1:
-    v = _wino_input_transform(xp, (bh, bw), (1, 2), m)
-  else:
-    xr = xp.reshape(n, m * (bh + 1), d, m * (bw + 1), d, c)
-    v = _wino_input_transform(xr, (bh, bw), (1, 3), m)
-  v = v.reshape(alpha * alpha, tiles, c)
-  u = _wino_kernel_transform(kernel, m)
-  prod = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=geo.precision,
-                         preferred_element_type=geo.preferred_element_type)
-  y = _wino_output_transform(prod.reshape(alpha * alpha, n, bh, d, bw, d, cout), m)
-  y = y.reshape(m, m, n, bh, d, bw, d, cout).transpose(2, 3, 0, 4, 5, 1, 6, 7)
-  return y.reshape(n, hp, wp, cout)[:, :h, :w]
+  xp = jnp.pad(x, ((0, 0), (d, hp - h + d), (d, wp - w + d), (0, 0)))
+  xr = xp.reshape(n, 2 * bh + 2, d, 2 * bw + 2, d, c)
+  patches = jnp.stack([xr[:, a:a + 2 * bh:2, :, b:b + 2 * bw:2]
+                       for a in range(4) for b in range(4)])
+  v = _left_matmul(_WINO_BB, patches).reshape(16, tiles, c)
+  u = _left_matmul(_WINO_GG, kernel).reshape(16, c, cout)
+  m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=geo.precision,
+                      preferred_element_type=geo.preferred_element_type)
+  y = _left_matmul(_WINO_AA, m).reshape(2, 2, n, bh, d, bw, d, cout)
+  y = y.transpose(2, 3, 0, 4, 5, 1, 6, 7).reshape(n, hp, wp, cout)
+  return y[:, :h, :w]
 
 
 def _winograd_valid(kernel_shape, geo: _Geometry) -> bool:
@@ -363,20 +278,14 @@ def _winograd_valid(kernel_shape, geo: _Geometry) -> bool:
 
 
 def _winograd_applies(x_shape, kernel_shape, geo: _Geometry) -> bool:
-  """Winograd F(2x2, 3x3) when it is valid (3x3, stride 1, equal dilation d, padding d)
-  and its products, 16 per 2x2 tile of the output padded to a multiple of 2d, times
-  ``WINOGRAD_MARGIN`` (the transforms) are fewer than the taps' valid products.
-
-  Never F(4x4, 3x3) (method ``'winograd4'``): it does 1.5-1.8x fewer products on
-  DINet's maps, but its 36-plane transformed kernels (37.7 MB for a 512-channel layer)
-  do not stay in a 32 MB L3 cache; measured with ``benchmarks/bench_vs_torch.py``, used
-  on the maps of at least 4096 pixels per batch it slowed the 240x320 training step from
-  0.90 to 0.62 img/s and batch-1 inference from 3.21 to 2.70 img/s.
-  """
+  """Winograd when it is valid (3x3, stride 1, equal dilation d, padding d) and does
+  fewer multiplications than the per-tap matmuls: 16 per 2x2 tile of the output padded
+  to a multiple of 2d, against the taps' valid products (plus a margin for the
+  transforms)."""
   if not _winograd_valid(kernel_shape, geo):
     return False
   _, h, w, _ = x_shape
-  hp, wp = _wino_padded_size(h, w, geo.dilation[0], 2)
+  hp, wp = _wino_padded_size(h, w, geo.dilation[0])
   _, _, taps = _taps(h, w, 3, 3, geo)
   direct = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in taps)
   return 4 * hp * wp * WINOGRAD_MARGIN < direct
@@ -413,9 +322,6 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
     transposed.
   * ``'winograd'``: 3x3, stride 1, padding = dilation: Winograd F(2x2, 3x3)
     (:func:`_winograd_conv`), 16 instead of 36 products per 2x2 outputs.
-  * ``'winograd4'``: the same with F(4x4, 3x3), 36 instead of 144 products per 4x4
-    outputs; slower on DINet's layers on the 2-core CPU (see :func:`_winograd_applies`),
-    hence never chosen by ``'auto'``.
   * ``'im2col'``: all taps gathered from the zero-padded input into one matmul.
   * ``'xla'``: ``lax.conv_general_dilated`` itself.
   * ``'auto'``: ``'xla'`` below ``SMALL_INPUT_CHANNELS`` input channels (the 7x7 stem),
@@ -436,14 +342,14 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
         preferred_element_type=preferred_element_type)
   if method == 'im2col':
     return _im2col_conv(x, kernel, geo)
-  if method in ('winograd', 'winograd4'):
+  if method == 'winograd':
     if not _winograd_valid(kernel.shape, geo):
-      raise ValueError(f'{method} needs a 3x3 kernel, stride 1 and padding = dilation')
-    return _winograd_conv(x, kernel, geo, 4 if method == 'winograd4' else 2)
+      raise ValueError('winograd needs a 3x3 kernel, stride 1 and padding = dilation')
+    return _winograd_conv(x, kernel, geo)
   if method == 'taps':
     return _tap_conv(x, kernel, geo)
-  raise ValueError(f"method must be 'auto', 'taps', 'winograd', 'winograd4', 'im2col' or "
-                   f"'xla', got {method!r}")
+  raise ValueError(f"method must be 'auto', 'taps', 'winograd', 'im2col' or 'xla', got "
+                   f"{method!r}")
 
 
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO/NHWC
