@@ -98,7 +98,6 @@ def test_loss_gradients_match_pytorch(net, variables, images, impl):
   target = np.random.default_rng(2).random((2, 64, 96, 1)).astype(np.float32)
   expected = torch_grads(net, images, target)
   torch32 = _worst_relative_error(torch_grads(net, images, target, torch.float32), expected)
-  assert torch32 < 1e-3, torch32  # the reference itself is sound
 
   def loss(params):
     pred = DINet().apply({'params': params, 'batch_stats': variables['batch_stats']},
@@ -108,7 +107,7 @@ def test_loss_gradients_match_pytorch(net, variables, images, impl):
   with use_conv_impl(impl):
     grads = jax.jit(jax.grad(loss))(variables['params'])
   worst = _worst_relative_error(grads, expected)
-  bound = max(1e-4, 1.5 * torch32) if impl == 'matmul' else 1e-2
+  bound = min(1e-3, max(1e-4, 1.5 * torch32)) if impl == 'matmul' else 1e-2
   assert worst < bound, (worst, torch32)
 
 
