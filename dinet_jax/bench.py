@@ -150,8 +150,7 @@ def train_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
         'image': jax.random.normal(jax.random.PRNGKey(1), (batch, *hw, 3), jnp.float32),
         'saliency': jax.random.uniform(jax.random.PRNGKey(2), (batch, *hw, 1), jnp.float32),
     }
-    fresh = jax.tree.map(jnp.array, variables)  # Device copies: donation must not delete
-    # the caller's arrays.
+    fresh = jax.tree.map(jnp.array, variables)  # Donation must not delete the caller's.
     holder = [steps.create_train_state(model, fresh, tx)]
     step = jax.jit(lambda s, b: steps.train_step(s, b, loss_fn=loss_fn), donate_argnums=0)
 
