@@ -32,24 +32,6 @@ import numpy as np
 PAPER_SECONDS_PER_IMAGE = {'240x320': 0.02, '480x640': 0.06}  # GTX 1080 Ti, DINet paper
 
 
-def _tvd(pred, target, eps=1e-7):
-  import jax.numpy as jnp
-  p = pred.reshape(pred.shape[0], -1)
-  q = target.reshape(target.shape[0], -1)
-  p = p / (eps + p.sum(1, keepdims=True))
-  q = q / (eps + q.sum(1, keepdims=True))
-  return jnp.mean(0.5 * jnp.sum(jnp.abs(p - q), axis=1))
-
-
-def tvd_loss() -> Callable[..., Any]:
-  """The paper's loss, ``losses.get_loss('linear_tvd')`` (an inline copy if absent)."""
-  try:
-    from dinet_jax.losses import get_loss
-    return get_loss('linear_tvd')
-  except ImportError:
-    return lambda pred, target, fixation_map=None: _tvd(pred, target)
-
-
 def time_calls(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:
   """Wall-clock seconds of ``reps`` calls of ``fn`` (which must block) after ``warmup``."""
   for _ in range(warmup):
@@ -142,9 +124,10 @@ def train_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
   import optax
 
   from dinet_jax import steps
+  from dinet_jax.losses import get_loss
 
   def build():
-    loss_fn = tvd_loss()
+    loss_fn = get_loss('linear_tvd')  # the paper's loss
     tx = optax.adam(1e-5)
     batch_data = {
         'image': jax.random.normal(jax.random.PRNGKey(1), (batch, *hw, 3), jnp.float32),

@@ -111,6 +111,22 @@ def test_loss_gradients_match_pytorch(net, variables, images, impl):
   assert worst < bound, (worst, torch32)
 
 
+def test_benchmark_losses_agree():
+  """bench_vs_torch times PyTorch on torch_reference.tvd_loss and JAX on
+  losses.get_loss('linear_tvd'): the same value and gradient, so both do the same work."""
+  from dinet_jax.losses import get_loss
+  rng = np.random.default_rng(3)
+  pred = rng.random((3, 16, 20, 1)).astype(np.float32)
+  target = (rng.random((3, 16, 20, 1)) ** 4).astype(np.float32)
+  value, grad = jax.value_and_grad(get_loss('linear_tvd'))(jnp.asarray(pred), jnp.asarray(target))
+  pt = torch.from_numpy(pred.transpose(0, 3, 1, 2).copy()).requires_grad_()
+  expected = torch_reference.tvd_loss(pt, torch.from_numpy(target.transpose(0, 3, 1, 2).copy()))
+  expected.backward()
+  assert 0.1 < float(expected) and abs(float(value) - float(expected)) <= 1e-6
+  np.testing.assert_allclose(np.asarray(grad), pt.grad.numpy().transpose(0, 2, 3, 1),
+                             rtol=1e-4, atol=1e-7)
+
+
 def test_variant_at_odd_size_converts_and_matches():
   """The baseline (1x1 context), one decoder layer, an input size that is not a multiple
   of 8 (the upsampling scale is not an integer)."""
