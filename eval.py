@@ -56,4 +56,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from dinet_jax import host_memory
+  host_memory.restart_with_malloc_tuning()
   app.run(main)

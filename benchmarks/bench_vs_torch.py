@@ -25,6 +25,10 @@ better of ``jnp.dot`` and ``torch.mm`` on 4096x4096) and each figure's FLOP/s as
 fraction of it (FLOPs per image from XLA's cost analysis of the plain convolution
 formulation, the same count for both frameworks). Run it on an otherwise idle machine:
 other processes slow PyTorch's OpenMP threads more than XLA's.
+
+Like the project's other commands, it restarts itself with glibc malloc set to reuse
+freed memory (:mod:`dinet_jax.host_memory`; ``DINET_MALLOC_TUNING=0`` turns that off).
+Both frameworks share the process and so the allocator setting.
 """
 
 from __future__ import annotations
@@ -135,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
   import jax.numpy as jnp
   import torch
 
-  from dinet_jax import convert
   from dinet_jax import bench as jbench
+  from dinet_jax import convert, host_memory
   from dinet_jax.models import DINet
   from dinet_jax.models.layers import resolve_conv_impl
 
@@ -150,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
   info = {'device': jbench.device_description(), 'jax': jax.__version__,
           'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
           'conv_impl': resolve_conv_impl(), 'reps': reps,
+          'malloc_tuning': host_memory.malloc_tuning_active(),
           'load_average_before': os.getloadavg()}
   print(f'{info["device"]}; jax {jax.__version__} (convolutions: {info["conv_impl"]}), '
-        f'torch {torch.__version__} ({torch.get_num_threads()} threads); '
+        f'torch {torch.__version__} ({torch.get_num_threads()} threads); malloc tuning '
+        f'{"on" if info["malloc_tuning"] else "off"}; '
         f'load average {info["load_average_before"][0]:.2f}', flush=True)
 
   # Same maps from both (random weights, a small input).
@@ -228,4 +234,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from dinet_jax import host_memory
+  host_memory.restart_with_malloc_tuning()
   sys.exit(main())

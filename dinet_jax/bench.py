@@ -17,6 +17,8 @@ on CPU also the measured float32 matmul peak and each figure as a fraction of it
 ``--json`` prints one JSON object with keys such as ``infer_img_per_s_240x320_b1``,
 ``train_img_per_s_240x320_b4``, ``infer_compile_s_240x320_b1`` and
 ``flops_per_img_infer_240x320``. Random weights: speed does not depend on them.
+Run as a command it first restarts itself with glibc malloc set to reuse freed memory
+(:mod:`dinet_jax.host_memory`; ``DINET_MALLOC_TUNING=0`` measures without).
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
   import jax
 
+  from dinet_jax import host_memory
   from dinet_jax.models import create_model
   from dinet_jax.models.layers import resolve_conv_impl
 
@@ -236,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
       'device': device_description(), 'jax_version': jax.__version__,
       'conv_impl': resolve_conv_impl(), 'reps': reps,
   }
-  log(f'Device: {out["device"]}, jax {jax.__version__}, convolutions: {out["conv_impl"]}')
+  out['malloc_tuning'] = host_memory.malloc_tuning_active()
+  log(f'Device: {out["device"]}, jax {jax.__version__}, convolutions: {out["conv_impl"]}, '
+      f'malloc tuning: {"on" if out["malloc_tuning"] else "off"}')
   if on_cpu:
     peak = matmul_peak_flops()
     out['matmul_peak_flop_per_s'] = peak
@@ -309,4 +314,6 @@ def _print_table(out: dict, dtypes: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  from dinet_jax import host_memory
+  host_memory.restart_with_malloc_tuning()
   sys.exit(main())

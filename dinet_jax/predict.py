@@ -233,4 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  from dinet_jax import host_memory
+  host_memory.restart_with_malloc_tuning()
   sys.exit(main())
