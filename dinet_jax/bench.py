@@ -162,21 +162,37 @@ def _plain_flops(fn: Callable, *args: Any) -> float:
     return _flops(jax.jit(fn).trace(*args).lower())
 
 
+def _page_faults(fn: Callable[[], Any]) -> tuple[int, float]:
+  """Minor page faults and kernel CPU seconds of the process during one call of ``fn``
+  (see :mod:`dinet_jax.host_memory` for why they matter); (-1, nan) where unknown."""
+  try:
+    import resource
+  except ImportError:  # Not Unix.
+    return -1, float('nan')
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  fn()
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
+
+
 def run_cases(cases: Sequence[Case], reps: int, log: Callable[[str], None]) -> dict:
   results = {}
   for case in cases:
     log(f'  compiling {case.name} ...')
     case.setup()
     times = time_calls(case.run, reps, warmup=1)
+    faults, kernel_s = _page_faults(case.run)
     med = float(np.median(times))
     results[case.name] = {
         'img_per_s': case.images_per_call / med, 'median_s': med,
         'times_s': [round(t, 5) for t in times], 'compile_s': case.compile_s,
         'flops_per_img': case.flops_per_image,
         'flop_per_s': case.flops_per_image * case.images_per_call / med,
+        'page_faults_per_call': faults, 'kernel_s_per_call': kernel_s,
     }
     log(f'  {case.name}: {case.images_per_call / med:.2f} img/s '
-        f'(median {med * 1e3:.1f} ms of {reps}; compile {case.compile_s:.1f} s)')
+        f'(median {med * 1e3:.1f} ms of {reps}; compile {case.compile_s:.1f} s; '
+        f'one more call: {faults} page faults, {kernel_s:.2f} s in the kernel)')
   return results
 
 
@@ -268,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
       out[f'{kind}_s_per_img_{rest}{suffix}'] = 1.0 / r['img_per_s']
       out[f'{kind}_compile_s_{rest}{suffix}'] = r['compile_s']
       out[f'{kind}_flop_per_s_{rest}{suffix}'] = r['flop_per_s']
+      out[f'{kind}_page_faults_per_call_{rest}{suffix}'] = r['page_faults_per_call']
       size = rest.rsplit('_b', 1)[0]
       out[f'flops_per_img_{kind}_{size}'] = r['flops_per_img']
       if on_cpu:
