@@ -6,7 +6,8 @@
 
 Measures, after compilation and warm-up, the median of several timed calls of
 
-* inference (``model.apply``, jitted) at each ``--sizes`` for each ``--batch``,
+* inference (``model.apply``, jitted, on CPU in chunks of at most two 240x320 images:
+  :mod:`dinet_jax.inference`) at each ``--sizes`` for each ``--batch``,
 * one training step (forward + backward + Adam, linear TVD loss, frozen BatchNorm,
   donated state) at ``--train-sizes`` with ``--train-batch``,
 
@@ -104,13 +105,16 @@ class Case:
 
 def inference_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
                    flops_model: Any = None) -> Case:
-  """``model.apply`` on a (batch, H, W, 3) batch."""
+  """``model.apply`` on a (batch, H, W, 3) batch, in chunks as the library's inference
+  runs it (:func:`dinet_jax.inference.apply_model`)."""
   import jax
   import jax.numpy as jnp
 
+  from dinet_jax import inference
+
   def build():
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, *hw, 3), jnp.float32)
-    f = jax.jit(lambda v, x: model.apply(v, x))
+    f = jax.jit(lambda v, x: inference.apply_model(model, v, x))
     v = jax.device_put(variables)  # Not numpy arrays: no copy to the device per call.
     flops = _plain_flops(lambda v, x: (flops_model or model).apply(v, x), v, x)
     return (lambda: f(v, x).block_until_ready()), flops / batch

@@ -11,14 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinet_jax import checkpoints
+from dinet_jax import checkpoints, inference
 from dinet_jax.models import create_model
 
 
 @dataclasses.dataclass
 class TrainedModel:
   """Model, variables and input size of a checkpoint; ``__call__`` maps normalised NHWC
-  images at ``image_size`` to (B, H, W) maps in [0, 1]."""
+  images at ``image_size`` to (B, H, W) maps in [0, 1] (on CPU a few images at a time,
+  see :mod:`dinet_jax.inference`)."""
 
   model: Any
   variables: dict[str, Any]
@@ -28,7 +29,7 @@ class TrainedModel:
 
   def __post_init__(self):
     self.variables = jax.device_put(self.variables)
-    self._apply = jax.jit(lambda v, x: self.model.apply(v, x)[..., 0])
+    self._apply = jax.jit(lambda v, x: inference.apply_model(self.model, v, x)[..., 0])
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.float32)))

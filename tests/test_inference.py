@@ -1,0 +1,52 @@
+"""Chunked batched inference (dinet_jax.inference)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinet_jax import inference
+from dinet_jax.models import create_model
+
+
+def test_chunk_size_rule():
+  assert inference.chunk_size((8, 240, 320, 3), 'cpu') == 2
+  assert inference.chunk_size((8, 480, 640, 3), 'cpu') == 1
+  assert inference.chunk_size((8, 120, 160, 3), 'cpu') == 8
+  assert inference.chunk_size((1, 240, 320, 3), 'cpu') == 1
+  assert inference.chunk_size((32, 240, 320, 3), 'gpu') == 32
+
+
+@pytest.mark.parametrize('n, chunk', [(6, 2), (5, 2), (3, 1), (4, 4), (2, 8)])
+def test_chunks_concatenate_to_the_whole_batch(n, chunk):
+  traced = []
+
+  def fn(x):  # a pytree out, with a per-image result that differs from image to image
+    traced.append(x.shape[0])
+    return {'sum': x.sum(axis=(1, 2)), 'x2': x * 2.0}
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, 3, 4, 2))
+  got = jax.jit(lambda x: inference.apply_in_chunks(fn, x, chunk))(x)
+  np.testing.assert_allclose(got['sum'], x.sum(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(got['x2'], x * 2.0)
+  # Traced for the chunk, plus once for a remainder; never for the whole batch.
+  expected = {min(chunk, n)} | ({n % chunk} if n > chunk and n % chunk else set())
+  assert set(traced) == expected
+
+
+def test_bad_chunk():
+  with pytest.raises(ValueError, match='chunk must be at least 1, got 0'):
+    inference.apply_in_chunks(lambda x: x, jnp.zeros((2, 1)), 0)
+
+
+def test_model_in_chunks_equals_the_whole_batch():
+  model = create_model({'backbone_width': 8, 'stage_sizes': (1, 1, 1, 1), 'context_features': 8,
+                        'decoder_features': 8})
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 48, 64, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+  whole = jax.jit(model.apply)(variables, x)
+  for chunk in (1, 2):
+    got = jax.jit(lambda v, x: inference.apply_model(model, v, x, chunk))(variables, x)
+    np.testing.assert_allclose(got, whole, atol=1e-5)
+  # Default on CPU: 3 x 48 x 64 pixels fit one chunk.
+  assert inference.chunk_size(x.shape) == 3
