@@ -166,17 +166,15 @@ def _plain_flops(fn: Callable, *args: Any) -> float:
     return _flops(jax.jit(fn).trace(*args).lower())
 
 
-def _page_faults(fn: Callable[[], Any]) -> tuple[int, float]:
-  """Minor page faults and kernel CPU seconds of the process during one call of ``fn``
-  (see :mod:`dinet_jax.host_memory` for why they matter); (-1, nan) where unknown."""
+def _rusage() -> tuple[int, float]:
+  """Minor page faults and kernel CPU seconds of the process so far; (0, 0.0) off Unix.
+  See :mod:`dinet_jax.host_memory` for why they matter."""
   try:
     import resource
-  except ImportError:  # Not Unix.
-    return -1, float('nan')
-  before = resource.getrusage(resource.RUSAGE_SELF)
-  fn()
-  after = resource.getrusage(resource.RUSAGE_SELF)
-  return after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
+  except ImportError:
+    return 0, 0.0
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_minflt, usage.ru_stime
 
 
 def run_cases(cases: Sequence[Case], reps: int, log: Callable[[str], None]) -> dict:
@@ -184,8 +182,11 @@ def run_cases(cases: Sequence[Case], reps: int, log: Callable[[str], None]) -> d
   for case in cases:
     log(f'  compiling {case.name} ...')
     case.setup()
-    times = time_calls(case.run, reps, warmup=1)
-    faults, kernel_s = _page_faults(case.run)
+    case.run()  # warm-up
+    faults0, kernel0 = _rusage()
+    times = time_calls(case.run, reps, warmup=0)
+    faults1, kernel1 = _rusage()
+    faults, kernel_s = round((faults1 - faults0) / reps), (kernel1 - kernel0) / reps
     med = float(np.median(times))
     results[case.name] = {
         'img_per_s': case.images_per_call / med, 'median_s': med,
@@ -196,7 +197,7 @@ def run_cases(cases: Sequence[Case], reps: int, log: Callable[[str], None]) -> d
     }
     log(f'  {case.name}: {case.images_per_call / med:.2f} img/s '
         f'(median {med * 1e3:.1f} ms of {reps}; compile {case.compile_s:.1f} s; '
-        f'one more call: {faults} page faults, {kernel_s:.2f} s in the kernel)')
+        f'per call {faults} page faults, {kernel_s:.2f} s in the kernel)')
   return results
 
 
