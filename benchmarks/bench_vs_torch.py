@@ -67,6 +67,12 @@ def _parse_case(name: str) -> tuple[str, tuple[int, int], int]:
   return kind, (int(h), int(w)), int(batch.lstrip('b'))
 
 
+def _kernel_seconds() -> float:
+  """CPU seconds this process has spent in the kernel (page faults, memory compaction)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
   """float32 matmul FLOP/s of jnp.dot and torch.mm (best of ``reps``)."""
   import torch
@@ -197,13 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     cases.append((name, batch, jcase, tcase))
 
   times = {name: {'jax': [], 'torch': []} for name, *_ in cases}
+  kernel = {name: {'jax': [], 'torch': []} for name, *_ in cases}
   for rep in range(reps):
     for name, _, jcase, tcase in cases:
       for fw, fn in (('jax', jcase.run), ('torch', tcase.run)):
         time.sleep(args.pause)
+        k = _kernel_seconds()
         t = time.perf_counter()
         fn()
         times[name][fw].append(time.perf_counter() - t)
+        kernel[name][fw].append(_kernel_seconds() - k)
     print(f'  repetition {rep + 1}/{reps} done', flush=True)
   info['load_average_after'] = os.getloadavg()
 
@@ -219,17 +228,20 @@ def main(argv: list[str] | None = None) -> int:
         info['matmul_peak_flop_per_s'], 'jax_compile_s': jcase.compile_s,
         'jax_times_s': [round(t, 4) for t in times[name]['jax']],
         'torch_times_s': [round(t, 4) for t in times[name]['torch']],
+        'jax_kernel_s': float(np.median(kernel[name]['jax'])),
+        'torch_kernel_s': float(np.median(kernel[name]['torch'])),
     }
 
   print(f'\nload average before/after: {info["load_average_before"][0]:.2f} / '
         f'{info["load_average_after"][0]:.2f}; medians of {reps} alternating calls')
   print(f'{"case":<19}{"JAX img/s":>10}{"torch img/s":>12}{"JAX/torch":>10}'
-        f'{"GFLOP/img":>10}{"JAX %peak":>10}{"torch %peak":>12}  torch format')
+        f'{"GFLOP/img":>10}{"JAX %peak":>10}{"torch %peak":>12}{"kernel s":>9}{"":6}'
+        f'  torch format')
   for name, r in results.items():
     print(f'{name:<19}{r["jax_img_per_s"]:>10.2f}{r["torch_img_per_s"]:>12.2f}'
           f'{r["ratio"]:>9.2f}x{r["flops_per_img"] / 1e9:>10.1f}'
-          f'{r["jax_peak_fraction"]:>10.0%}{r["torch_peak_fraction"]:>12.0%}  '
-          f'{r["torch_format"]}')
+          f'{r["jax_peak_fraction"]:>10.0%}{r["torch_peak_fraction"]:>12.0%}'
+          f'{r["jax_kernel_s"]:>9.2f}/{r["torch_kernel_s"]:<5.2f}  {r["torch_format"]}')
   if args.json:
     print(json.dumps({'info': info, 'results': results}, indent=1))
   return 0

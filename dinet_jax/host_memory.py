@@ -7,21 +7,25 @@ its whole buffer in again, 4 KiB at a time. On the 2-core CPU machine that was 6
 faults and 1.3 s of kernel time per 4.6 s training step at 240x320, and a quarter of
 the CPU time at 120x160.
 
-So the commands run with four glibc tunables (:data:`TUNABLES`):
+So the commands run with three glibc tunables (:data:`TUNABLES`):
 
 * ``arena_max=1``: one malloc arena for all threads (another thread's arena cannot hold
   such a block and would ``mmap`` it anyway);
 * ``mmap_max=0``: large blocks come from the heap too;
-* ``trim_threshold=2**62``: freed memory is not returned to the system;
-* ``hugetlb=1`` (glibc 2.35+): the heap asks for transparent huge pages. Without it a
-  JAX call right after a PyTorch call in the same process was 8% slower.
+* ``trim_threshold=2**62``: freed memory is not returned to the system.
 
 After the first calls no call page-faults: a 240x320 training step took 3.9-4.1 s
-instead of 4.6 s. The costs: the process keeps its peak heap until it exits (3.9 GB
-for 240x320 training, up to 8.4 GB with PyTorch's training in the same process, as
-freed blocks fragment), and a growth of the heap can stall for seconds while the
-kernel compacts memory for huge pages. Huge pages with ``mmap`` (``hugetlb=1`` alone)
-were not enough: once memory was fragmented, the kernel spent 4-6 s per step on
+instead of 4.6 s. The cost: the process keeps its peak heap until it exits (3.9 GB for
+240x320 training, up to 8.4 GB with PyTorch's training in the same process, as freed
+blocks fragment).
+
+Transparent huge pages are left off. With ``hugetlb=1`` added, a JAX call right after a
+PyTorch call in the same process was 8% faster on one machine (AMD EPYC). But on a
+Linux 6.18 machine (Intel Xeon) the heap's huge pages were split and faulted in again,
+4 KiB at a time, on every call of a process that runs JAX alone: 660 000 faults and
+1.1 s of kernel time per 240x320 training step (3.75 s against 3.4 s without), 190 000
+faults and 0.3 s per 120x160 step. Huge pages with ``mmap`` (``hugetlb=1`` alone) were
+worse still: once memory was fragmented, the kernel spent 4-6 s per step on
 compaction.
 
 glibc reads tunables only when a process starts, so :func:`restart_with_malloc_tuning`
@@ -41,7 +45,7 @@ import sys
 from typing import Mapping
 
 TUNABLES = ('glibc.malloc.arena_max=1', 'glibc.malloc.mmap_max=0',
-            f'glibc.malloc.trim_threshold={2**62}', 'glibc.malloc.hugetlb=1')
+            f'glibc.malloc.trim_threshold={2**62}')
 ENV_SWITCH = 'DINET_MALLOC_TUNING'
 
 
