@@ -25,7 +25,9 @@ region and would otherwise slow the next call of the other framework). The table
 medians, the ratio JAX/PyTorch in images/s, the measured float32 matmul peak (the
 better of ``jnp.dot`` and ``torch.mm`` on 4096x4096) and each figure's FLOP/s as a
 fraction of it (FLOPs per image from XLA's cost analysis of the plain convolution
-formulation, the same count for both frameworks). Run it on an otherwise idle machine:
+formulation, the same count for both frameworks), and the median CPU seconds each
+framework's call spent in the kernel (page faults, memory compaction; JSON keys
+``jax_kernel_s``, ``torch_kernel_s``). Run it on an otherwise idle machine:
 other processes slow PyTorch's OpenMP threads more than XLA's.
 
 Like the project's other commands, it restarts itself with glibc malloc set to reuse
