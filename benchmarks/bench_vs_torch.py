@@ -69,12 +69,6 @@ def _parse_case(name: str) -> tuple[str, tuple[int, int], int]:
   return kind, (int(h), int(w)), int(batch.lstrip('b'))
 
 
-def _kernel_seconds() -> float:
-  """CPU seconds this process has spent in the kernel (page faults, memory compaction)."""
-  import resource
-  return resource.getrusage(resource.RUSAGE_SELF).ru_stime
-
-
 def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
   """float32 matmul FLOP/s of jnp.dot and torch.mm (best of ``reps``)."""
   import torch
@@ -210,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, _, jcase, tcase in cases:
       for fw, fn in (('jax', jcase.run), ('torch', tcase.run)):
         time.sleep(args.pause)
-        k = _kernel_seconds()
+        k = jbench.rusage()[1]
         t = time.perf_counter()
         fn()
         times[name][fw].append(time.perf_counter() - t)
-        kernel[name][fw].append(_kernel_seconds() - k)
+        kernel[name][fw].append(jbench.rusage()[1] - k)
     print(f'  repetition {rep + 1}/{reps} done', flush=True)
   info['load_average_after'] = os.getloadavg()
 

@@ -166,7 +166,7 @@ def _plain_flops(fn: Callable, *args: Any) -> float:
     return _flops(jax.jit(fn).trace(*args).lower())
 
 
-def _rusage() -> tuple[int, float]:
+def rusage() -> tuple[int, float]:
   """Minor page faults and kernel CPU seconds of the process so far; (0, 0.0) off Unix.
   See :mod:`dinet_jax.host_memory` for why they matter."""
   try:
@@ -183,9 +183,9 @@ def run_cases(cases: Sequence[Case], reps: int, log: Callable[[str], None]) -> d
     log(f'  compiling {case.name} ...')
     case.setup()
     case.run()  # warm-up
-    faults0, kernel0 = _rusage()
+    faults0, kernel0 = rusage()
     times = time_calls(case.run, reps, warmup=0)
-    faults1, kernel1 = _rusage()
+    faults1, kernel1 = rusage()
     faults, kernel_s = round((faults1 - faults0) / reps), (kernel1 - kernel0) / reps
     med = float(np.median(times))
     results[case.name] = {
