@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
       out[f'{kind}_compile_s_{rest}{suffix}'] = r['compile_s']
       out[f'{kind}_flop_per_s_{rest}{suffix}'] = r['flop_per_s']
       out[f'{kind}_page_faults_per_call_{rest}{suffix}'] = r['page_faults_per_call']
+      out[f'{kind}_kernel_s_per_call_{rest}{suffix}'] = r['kernel_s_per_call']
       size = rest.rsplit('_b', 1)[0]
       out[f'flops_per_img_{kind}_{size}'] = r['flops_per_img']
       if on_cpu:

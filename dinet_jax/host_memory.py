@@ -14,8 +14,9 @@ So the commands run with three glibc tunables (:data:`TUNABLES`):
 * ``mmap_max=0``: large blocks come from the heap too;
 * ``trim_threshold=2**62``: freed memory is not returned to the system.
 
-After the first calls no call page-faults: a 240x320 training step took 3.9-4.1 s
-instead of 4.6 s. The cost: the process keeps its peak heap until it exits (3.9 GB for
+After the first calls no call page-faults. A 240x320 training step took 3.9-4.1 s
+instead of 4.6 s on an AMD EPYC machine (measured with ``hugetlb=1`` also set, see
+below), and 3.36-3.47 s with no faults on an Intel Xeon machine. The cost: the process keeps its peak heap until it exits (3.9 GB for
 240x320 training, up to 8.4 GB with PyTorch's training in the same process, as freed
 blocks fragment).
 
