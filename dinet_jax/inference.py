@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from dinet_jax.models import layers
+from dinet_jax.models.layers import WINOGRAD_COLLECTION
+
 # Two 240x320 images: the fastest chunk measured at 240x320 (batch 8 as 8x1: 3.37 img/s,
 # 4x2: 3.48, 1x8: 3.17). At 480x640 that is one image, also the fastest measured
 # (batch 4 as 4x1: 0.88 img/s, 2x2: 0.86, 1x4: 0.82). Both on a 2-core AMD EPYC (32 MB
@@ -61,3 +64,32 @@ def apply_model(model: Any, variables: Any, images: jnp.ndarray,
   :func:`chunk_size`). Jit it at the call site."""
   chunk = chunk_size(images.shape) if chunk is None else chunk
   return apply_in_chunks(lambda x: model.apply(variables, x), images, chunk)
+
+
+def prepare_variables(model: Any, variables: Any, image_size: Sequence[int],
+                      batch: int | None = None) -> dict[str, Any]:
+  """``variables`` plus the Winograd transforms of the model's 3x3 kernels (collection
+  ``'winograd'``, see :class:`dinet_jax.models.layers.Conv2d`), for :func:`apply_model`
+  on (batch, H, W, 3) images of ``image_size`` (H, W); ``batch`` defaults to one CPU
+  chunk.
+
+  :func:`apply_model` then uses the stored transforms instead of transforming the kernels
+  on every call, and may use F(4x4, 3x3) tiles (see
+  :data:`dinet_jax.models.layers.WINOGRAD_TILES`): the maps stay within 1e-4 of
+  float64. For inference only: the stored transforms are constants, so gradients with
+  respect to the kernels they replace are zero. They take 2.25 to 4 times the memory of
+  the 3x3 kernels; recompute them after the kernels change. Where the convolutions do not
+  run as matmuls (accelerators) the variables are returned unchanged.
+  """
+  variables = {k: v for k, v in dict(variables).items() if k != WINOGRAD_COLLECTION}
+  if layers.resolve_conv_impl() != 'matmul':
+    return variables
+  h, w = image_size
+  chunk = chunk_size((batch or CPU_CHUNK_PIXELS, h, w))
+  x = jnp.zeros((chunk, h, w, 3), jnp.float32)
+  # Only the transforms are returned: XLA drops the rest of the forward pass.
+  prepared = jax.jit(
+      lambda v, x: model.apply(v, x, mutable=[WINOGRAD_COLLECTION])[1])(variables, x)
+  if prepared.get(WINOGRAD_COLLECTION):
+    variables[WINOGRAD_COLLECTION] = prepared[WINOGRAD_COLLECTION]
+  return variables

@@ -29,6 +29,8 @@ class TrainedModel:
 
   def __post_init__(self):
     self.variables = jax.device_put(self.variables)
+    # With the Winograd kernel transforms computed once (in the variables from here on).
+    self.variables = inference.prepare_variables(self.model, self.variables, self.image_size)
     self._apply = jax.jit(lambda v, x: inference.apply_model(self.model, v, x)[..., 0])
 
   def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -59,6 +59,64 @@ def test_matmul_conv_equals_lax_in_value_and_gradients(geometry):
       assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * scale, method
 
 
+@pytest.mark.parametrize('m', sorted(layers._WINO_1D))
+def test_winograd_1d_transforms_are_exact(m):
+  """A^T [(G g) * (B^T d)] is the correlation of d (m + 2) with g (3), in float64."""
+  bt, g_, at = (np.asarray(a, np.float64) for a in layers._WINO_1D[m])
+  rng = np.random.default_rng(m)
+  for _ in range(5):
+    d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+    expected = [d[i:i + 3] @ g for i in range(m)]
+    np.testing.assert_allclose(at @ ((g_ @ g) * (bt @ d)), expected, rtol=0, atol=1e-13)
+
+
+# Float32 error of each tile against float64, relative to the largest output, over 256
+# channels of ReLU inputs (measured: F(2x2) 3-8e-7 like XLA's direct sum, the mixed
+# tiles 0.8-2.1e-6, F(4x4) 2.2-5.9e-6); the bound leaves a factor of about 2.
+TILE_ERROR = {(2, 2): 2e-6, (2, 4): 5e-6, (4, 2): 5e-6, (4, 4): 1.2e-5}
+
+
+@pytest.mark.parametrize('tile', layers.PREPARED_WINOGRAD_TILES, ids=str)
+@pytest.mark.parametrize('h, w, d', [(30, 40, 4), (15, 20, 2), (7, 9, 1)])
+def test_winograd_tiles_equal_float64_convolution(tile, h, w, d):
+  """Every tile, on maps that are not multiples of the tile times the dilation: values
+  and both gradients against a float64 convolution, within the tile's float32 error."""
+  rng = np.random.default_rng(3)
+  x = np.maximum(rng.standard_normal((2, h, w, 256)), 0).astype(np.float32)
+  k = (rng.standard_normal((3, 3, 256, 8)) / 48).astype(np.float32)
+  pad = ((d, d), (d, d))
+  plain = lambda x, k: lax.conv_general_dilated(
+      x, k, (1, 1), pad, rhs_dilation=(d, d), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  with jax.enable_x64():
+    y64, vjp64 = jax.vjp(plain, x.astype(np.float64), k.astype(np.float64))
+    g = rng.standard_normal(y64.shape)
+    expected = [np.asarray(a) for a in (y64, *vjp64(g))]
+  f = lambda x, k: matmul_conv(x, k, (1, 1), pad, (d, d), method='winograd', tile=tile)
+  y, vjp = jax.vjp(f, jnp.asarray(x), jnp.asarray(k))
+  got = [np.asarray(a) for a in (y, *vjp(jnp.asarray(g, jnp.float32)))]
+  for name, a, b in zip(('value', 'input gradient', 'kernel gradient'), got, expected):
+    assert a.shape == b.shape
+    err = np.max(np.abs(a - b)) / np.max(np.abs(b))
+    assert err <= TILE_ERROR[tile], (name, err)
+
+
+def test_precomputed_kernel_transform_and_bad_tiles():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((1, 12, 17, 32)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, 32, 16)) / 17, jnp.float32)
+  args = (x, k, (1, 1), ((2, 2), (2, 2)), (2, 2))
+  for tile in layers.PREPARED_WINOGRAD_TILES:
+    u = layers.winograd_kernel(k, tile)
+    assert u.shape == (tile[0] + 2, tile[1] + 2, 32, 16)
+    on_the_fly = matmul_conv(*args, method='winograd', tile=tile)
+    np.testing.assert_allclose(matmul_conv(*args, transformed_kernel=u), on_the_fly,
+                               rtol=0, atol=1e-5)
+  with pytest.raises(ValueError, match='tile must be one of'):
+    matmul_conv(*args, method='winograd', tile=(3, 3))
+  with pytest.raises(ValueError, match=r'transformed_kernel of shape \(5, 6, 32, 16\)'):
+    matmul_conv(*args, method='winograd', transformed_kernel=jnp.zeros((5, 6, 32, 16)))
+
+
 def test_auto_picks_winograd_where_it_saves_products_and_taps_where_padding_dominates():
   d = lambda r: dict(strides=(1, 1), padding=((r, r), (r, r)), dilation=(r, r))
   # 240x320 input: 30x40 maps.
@@ -72,6 +130,19 @@ def test_auto_picks_winograd_where_it_saves_products_and_taps_where_padding_domi
   assert conv_method((1, 240, 320, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))) == 'xla'
   assert conv_method((1, 60, 80, 128), (3, 3, 128, 128), (2, 2), ((1, 1), (1, 1))) == 'taps'
   assert conv_method((1, 30, 40, 1024), (1, 1, 1024, 256), (1, 1), ((0, 0), (0, 0))) == 'taps'
+  # Tiles: the one with the fewest multiply-adds once the output is padded to a multiple
+  # of the tile times the rate. A 40-column map at rate 4 pads to 40 for 2-wide tiles,
+  # 48 for 4-wide ones; 30 rows pad to 32 for both. F(4x4) only with transforms
+  # computed beforehand (inference).
+  t = layers.winograd_tile
+  assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(4)) == (4, 2)
+  assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(2)) in ((2, 4), (4, 2))
+  assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(2), prepared=True) == (4, 4)
+  assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(16)) is None
+  assert t((1, 30, 40, 512), (3, 3, 512, 512), (2, 2), ((1, 1), (1, 1))) is None
+  assert (4, 4) not in {t((n, h, w, c), (3, 3, c, c), **d(r))
+                        for n, h, w, c, r in [(4, 60, 80, 64, 1), (1, 30, 40, 512, 2),
+                                              (1, 64, 64, 256, 1)]}
 
 
 def test_taps_that_read_only_padding_are_skipped():

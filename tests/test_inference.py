@@ -50,3 +50,30 @@ def test_model_in_chunks_equals_the_whole_batch():
     np.testing.assert_allclose(got, whole, atol=1e-5)
   # Default on CPU: 3 x 48 x 64 pixels fit one chunk.
   assert inference.chunk_size(x.shape) == 3
+
+
+def test_prepared_winograd_transforms_give_the_same_maps():
+  """prepare_variables stores each Winograd convolution's kernel transform (F(4x4) where
+  that is cheapest); apply_model with them skips the transforms and gives the maps of
+  the plain variables and of XLA's convolutions."""
+  from dinet_jax.models.layers import use_conv_impl
+  model = create_model({'backbone_width': 32, 'stage_sizes': (1, 1, 1, 1),
+                        'context_features': 64, 'decoder_features': 64})
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 64, 96, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+  with use_conv_impl('matmul'):
+    prepared = inference.prepare_variables(model, variables, (64, 96))
+    apply = lambda v: jax.jit(lambda v, x: inference.apply_model(model, v, x))(v, x)
+    plain, got = apply(variables), apply(prepared)
+    count = lambda v: str(jax.make_jaxpr(lambda v: model.apply(v, x))(v)).count('dot_general')
+    transforms = jax.tree.leaves(prepared['winograd'])
+    assert count(prepared) == count(variables) - len(transforms)
+  assert prepared['params'] is variables['params']
+  shapes = {t.shape[:2] for t in transforms}
+  assert (6, 6) in shapes and shapes <= {(4, 4), (4, 6), (6, 4), (6, 6)}, shapes
+  with use_conv_impl('xla'):
+    expected = jax.jit(model.apply)(variables, x)
+    assert 'winograd' not in inference.prepare_variables(model, prepared, (64, 96))
+  assert float(jnp.std(expected)) > 0.01
+  np.testing.assert_allclose(got, plain, atol=1e-5)
+  np.testing.assert_allclose(got, expected, atol=1e-5)

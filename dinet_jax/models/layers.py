@@ -1,9 +1,10 @@
 """Convolution helper shared by all model parts: explicit torchvision-style padding, and
 the CPU fast path for convolutions.
 
-Every convolution of the model goes through :func:`conv2d`, which builds a ``nn.Conv``
-(parameter ``kernel`` of shape HWIO, so checkpoints are unchanged) whose convolution
-primitive is :func:`conv_general`. That function picks the formulation:
+Every convolution of the model goes through :func:`conv2d`, which builds a
+:class:`Conv2d` (the variables of ``nn.Conv``: ``kernel`` of shape HWIO, so checkpoints
+are unchanged) whose convolution primitive is :func:`conv_general`. That function picks
+the formulation:
 
 * ``'xla'``: ``lax.conv_general_dilated``, the plain formulation. Best on GPU and TPU.
 * ``'matmul'``: the convolution as matrix products, one per kernel tap
@@ -15,7 +16,8 @@ primitive is :func:`conv_general`. That function picks the formulation:
   Taps of a dilated kernel that read only zero padding (a rate-16 tap on a 30x40 map)
   are skipped, and each tap multiplies only the output region where it reads real
   input, so no multiply-adds by padding zeros are done: the result equals the plain
-  convolution up to float32 summation order.
+  convolution up to float32 summation order. 3x3 stride-1 convolutions run as Winograd
+  F(m_h x m_w, 3x3) where that does fewer multiply-adds (:func:`_winograd_conv`).
 * ``'auto'`` (default): ``'matmul'`` when the default backend is CPU, else ``'xla'``.
 
 Choose globally with the environment variable ``DINET_CONV_IMPL`` (read at import) or
@@ -47,9 +49,9 @@ CONV_IMPLS = ('auto', 'xla', 'matmul')
 # contraction depth of only ``Cin``; XLA's own convolution is faster there, forward
 # and kernel gradient (the input gradient of the stem is never needed).
 SMALL_INPUT_CHANNELS = 32
-# Winograd is used when its multiplications times this margin (for the transforms) are
-# fewer than the direct taps'.
-WINOGRAD_MARGIN = 1.3
+# Winograd is used when its multiply-adds (products and transforms) times this margin
+# (for its extra passes over memory) are fewer than the direct taps'.
+WINOGRAD_MARGIN = 1.1
 
 _state = threading.local()
 _DEFAULT_IMPL = os.environ.get('DINET_CONV_IMPL', 'auto')
@@ -221,19 +223,46 @@ def _im2col_conv(x, kernel, geo: _Geometry):
   return _dot(jnp.concatenate(patches, axis=-1), weights, geo)
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016): per 4x4 input tile d and 2x2 output tile,
-# y = A^T [(G g G^T) * (B^T d B)] A: 16 products instead of 36. The transforms are
-# applied as small matmuls with the Kronecker products below (vec(B^T d B) = BB vec(d)).
-_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
-_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
-_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
-_WINO_BB = np.kron(_WINO_BT, _WINO_BT)  # (16, 16)
-_WINO_GG = np.kron(_WINO_G, _WINO_G)  # (16, 9)
-_WINO_AA = np.kron(_WINO_AT, _WINO_AT)  # (4, 16)
+# Winograd F(m, 3) (Lavin & Gray 2016) for m = 2 and 4 outputs per tile and axis: per
+# (m + 2)-input tile d, y = A^T [(G g) * (B^T d)] in 1-D, and in 2-D with the transforms
+# on both axes, (m_h + 2)(m_w + 2) products per m_h x m_w outputs instead of 9 each:
+# F(2x2, 3x3) does 16 per 4, F(4x4, 3x3) 36 per 16.
+_WINO_1D = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    # Points 0, 1, -1, 2, -1/2 (and infinity): in float32, 2.6 times less error than
+    # Lavin & Gray's 0, +-1, +-2 for sums over 256 channels (Barabasz et al. 2020 found
+    # such points by search).
+    4: (np.array([[1, 3 / 2, -2, -3 / 2, 1, 0], [0, -1, -5 / 2, -1 / 2, 1, 0],
+                  [0, 1, 1 / 2, -5 / 2, 1, 0], [0, -1 / 2, -1, 1 / 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 1, 3 / 2, -2, -3 / 2, 1]]),
+        np.array([[1, 0, 0], [-1 / 3, -1 / 3, -1 / 3], [1 / 3, -1 / 3, 1 / 3],
+                  [1 / 15, 2 / 15, 4 / 15], [-16 / 15, 8 / 15, -4 / 15], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -1 / 2, 0], [0, 1, 1, 4, 1 / 4, 0],
+                  [0, 1, -1, 8, -1 / 8, 1]])),
+}
+# The tiles (m_h, m_w) the automatic choice considers. F(4x4, 3x3) has 4-13 times the
+# float32 error of the direct sum (F(2x2, 3x3): 1-2 times, the mixed tiles 2-4 times;
+# 256 channels, ReLU inputs): enough to flip more ReLUs whose input is near 0 and, in the
+# parity test, make parameter gradients 10 times further from float64 than PyTorch's
+# float32 ones. It is used only for inference with transforms computed beforehand
+# (prepared variables, see Conv2d), where the maps stay within 1e-4 of float64.
+WINOGRAD_TILES = ((2, 2), (2, 4), (4, 2))
+PREPARED_WINOGRAD_TILES = WINOGRAD_TILES + ((4, 4),)
 
 
-def _wino_padded_size(h: int, w: int, d: int) -> tuple[int, int]:
-  return -(-h // (2 * d)) * 2 * d, -(-w // (2 * d)) * 2 * d
+@functools.lru_cache(maxsize=None)
+def _wino_matrices(mh: int, mw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The 2-D transforms as Kronecker products: vec(B_h^T d B_w) = BB vec(d)."""
+  (bh, gh, ah), (bw, gw, aw) = _WINO_1D[mh], _WINO_1D[mw]
+  return tuple(np.kron(a, b).astype(np.float32) for a, b in ((bh, bw), (gh, gw), (ah, aw)))
+
+
+def _wino_padded_size(h: int, w: int, d: int, tile: tuple[int, int] = (2, 2)
+                      ) -> tuple[int, int]:
+  mh, mw = tile
+  return -(-h // (mh * d)) * mh * d, -(-w // (mw * d)) * mw * d
 
 
 def _left_matmul(m: np.ndarray, x: jnp.ndarray) -> jnp.ndarray:
@@ -242,31 +271,45 @@ def _left_matmul(m: np.ndarray, x: jnp.ndarray) -> jnp.ndarray:
                          (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
 
 
-def _winograd_conv(x, kernel, geo: _Geometry):
-  """3x3 stride-1 convolution with dilation d and padding d, Winograd F(2x2, 3x3).
+def winograd_kernel(kernel: jnp.ndarray, tile: tuple[int, int]) -> jnp.ndarray:
+  """The (m_h + 2, m_w + 2, Cin, Cout) Winograd transform G g G^T of a 3x3 HWIO kernel."""
+  mh, mw = tile
+  return _left_matmul(_wino_matrices(mh, mw)[1], kernel).reshape(mh + 2, mw + 2,
+                                                                 *kernel.shape[2:])
+
+
+def _winograd_conv(x, kernel, geo: _Geometry, tile: tuple[int, int] = (2, 2),
+                   transformed: jnp.ndarray | None = None):
+  """3x3 stride-1 convolution with dilation d and padding d, Winograd F(m_h x m_w, 3x3).
 
   A dilated convolution is d x d interleaved dense ones: output rows are grouped in
-  blocks of 2d, and row ``2bd + r`` pairs with row ``2bd + d + r`` in one tile, whose
-  input rows are ``2bd + r + (k - 1) d``, k = 0..3 (so for columns). The output is
-  padded to a multiple of 2d. The 16 transformed planes are multiplied by the
-  transformed kernel in one batched matmul. Differentiated by JAX, the backward pass is
-  Winograd too (the transposed transforms around batched matmuls).
+  blocks of m d, and rows ``m b d + k d + r``, k = 0..m-1, form one tile, whose input
+  rows are ``m b d + r + (k - 1) d``, k = 0..m+1 (so for columns). The output is padded
+  to a multiple of m d. The transformed planes are multiplied by the transformed kernel
+  in one batched matmul. Differentiated by JAX, the backward pass is Winograd too (the
+  transposed transforms around batched matmuls). ``transformed``, if given, is
+  ``winograd_kernel(kernel, tile)`` computed beforehand.
   """
   n, h, w, c = x.shape
   cout = kernel.shape[-1]
   d = geo.dilation[0]
-  hp, wp = _wino_padded_size(h, w, d)
-  bh, bw = hp // (2 * d), wp // (2 * d)
+  mh, mw = tile
+  th, tw = mh + 2, mw + 2
+  bb, _, aa = _wino_matrices(mh, mw)
+  hp, wp = _wino_padded_size(h, w, d, tile)
+  bh, bw = hp // (mh * d), wp // (mw * d)
   tiles = n * bh * d * bw * d
   xp = jnp.pad(x, ((0, 0), (d, hp - h + d), (d, wp - w + d), (0, 0)))
-  xr = xp.reshape(n, 2 * bh + 2, d, 2 * bw + 2, d, c)
-  patches = jnp.stack([xr[:, a:a + 2 * bh:2, :, b:b + 2 * bw:2]
-                       for a in range(4) for b in range(4)])
-  v = _left_matmul(_WINO_BB, patches).reshape(16, tiles, c)
-  u = _left_matmul(_WINO_GG, kernel).reshape(16, c, cout)
+  xr = xp.reshape(n, mh * bh + 2, d, mw * bw + 2, d, c)
+  patches = jnp.stack([xr[:, a:a + mh * bh:mh, :, b:b + mw * bw:mw]
+                       for a in range(th) for b in range(tw)])
+  v = _left_matmul(bb, patches).reshape(th * tw, tiles, c)
+  if transformed is None:
+    transformed = winograd_kernel(kernel, tile)
+  u = transformed.reshape(th * tw, c, cout)
   m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=geo.precision,
                       preferred_element_type=geo.preferred_element_type)
-  y = _left_matmul(_WINO_AA, m).reshape(2, 2, n, bh, d, bw, d, cout)
+  y = _left_matmul(aa, m).reshape(mh, mw, n, bh, d, bw, d, cout)
   y = y.transpose(2, 3, 0, 4, 5, 1, 6, 7).reshape(n, hp, wp, cout)
   return y[:, :h, :w]
 
@@ -277,24 +320,46 @@ def _winograd_valid(kernel_shape, geo: _Geometry) -> bool:
           and geo.dilation == (d, d) and geo.padding == ((d, d), (d, d)))
 
 
-def _winograd_applies(x_shape, kernel_shape, geo: _Geometry) -> bool:
-  """Winograd when it is valid (3x3, stride 1, equal dilation d, padding d) and does
-  fewer multiplications than the per-tap matmuls: 16 per 2x2 tile of the output padded
-  to a multiple of 2d, against the taps' valid products (plus a margin for the
-  transforms)."""
+def _winograd_cost(x_shape, cout: int, tile: tuple[int, int], d: int,
+                   kernel_transform: bool = True) -> int:
+  """Multiply-adds of Winograd with ``tile``: the products, (m_h + 2)(m_w + 2) per tile of
+  the output padded to a multiple of m d, plus the transforms as the matmuls
+  :func:`_winograd_conv` runs (the kernel's only if ``kernel_transform``)."""
+  n, h, w, cin = x_shape
+  hp, wp = _wino_padded_size(h, w, d, tile)
+  planes = (tile[0] + 2) * (tile[1] + 2)
+  tiles = n * (hp // tile[0]) * (wp // tile[1])
+  return (tiles * planes * cin * cout + tiles * planes * planes * cin
+          + kernel_transform * planes * 9 * cin * cout
+          + tiles * planes * tile[0] * tile[1] * cout)
+
+
+def _winograd_tile(x_shape, kernel_shape, geo: _Geometry,
+                   prepared: bool = False) -> tuple[int, int] | None:
+  """The Winograd tile for this convolution, or None for the per-tap matmuls.
+
+  Winograd needs a 3x3 kernel, stride 1 and dilation = padding. Each tile in
+  ``WINOGRAD_TILES`` (``PREPARED_WINOGRAD_TILES`` if ``prepared``: the kernel's
+  transform is computed beforehand and not counted) is costed in multiply-adds
+  (products and transforms); the cheapest is used if its cost times
+  ``WINOGRAD_MARGIN`` is below the taps' valid products (the taps also read their
+  windows and add their partial products).
+  """
   if not _winograd_valid(kernel_shape, geo):
-    return False
-  _, h, w, _ = x_shape
-  hp, wp = _wino_padded_size(h, w, geo.dilation[0])
+    return None
+  n, h, w, cin = x_shape
+  cout = kernel_shape[-1]
   _, _, taps = _taps(h, w, 3, 3, geo)
-  direct = sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in taps)
-  return 4 * hp * wp * WINOGRAD_MARGIN < direct
+  direct = n * sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in taps) * cin * cout
+  cost, tile = min((_winograd_cost(x_shape, cout, t, geo.dilation[0], not prepared), t)
+                   for t in (PREPARED_WINOGRAD_TILES if prepared else WINOGRAD_TILES))
+  return tile if cost * WINOGRAD_MARGIN < direct else None
 
 
 def _auto_method(x_shape, kernel_shape, geo: _Geometry) -> str:
   if x_shape[3] < SMALL_INPUT_CHANNELS and kernel_shape[0] * kernel_shape[1] > 1:
     return 'xla'
-  if _winograd_applies(x_shape, kernel_shape, geo):
+  if _winograd_tile(x_shape, kernel_shape, geo) is not None:
     return 'winograd'
   return 'taps'
 
@@ -306,10 +371,24 @@ def conv_method(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Se
   return _auto_method(tuple(x_shape), tuple(kernel_shape), geo)
 
 
+def winograd_tile(x_shape: Sequence[int], kernel_shape: Sequence[int],
+                  strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                  dilation: Sequence[int] = (1, 1), *, prepared: bool = False
+                  ) -> tuple[int, int] | None:
+  """The Winograd tile ``matmul_conv(..., method='auto')`` uses for these shapes (None
+  when it uses another formulation); ``prepared=True``: the choice when the kernel's
+  transform is computed beforehand for inference (:class:`Conv2d`)."""
+  geo = _Geometry(tuple(strides), tuple(map(tuple, padding)), tuple(dilation), None, None)
+  if _auto_method(tuple(x_shape), tuple(kernel_shape), geo) != 'winograd':
+    return None
+  return _winograd_tile(tuple(x_shape), tuple(kernel_shape), geo, prepared)
+
+
 def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
                 padding: Sequence[tuple[int, int]], dilation: Sequence[int] = (1, 1), *,
                 precision: Any = None, preferred_element_type: Any = None,
-                method: str = 'auto') -> jnp.ndarray:
+                method: str = 'auto', tile: tuple[int, int] | None = None,
+                transformed_kernel: jnp.ndarray | None = None) -> jnp.ndarray:
   """NHWC x HWIO 2-D convolution written as matrix products (see the module docstring).
 
   Equal to ``lax.conv_general_dilated(x, kernel, strides, padding,
@@ -320,8 +399,12 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
     to the output region where it reads the input, not the padding; taps that read only
     padding are skipped. The gradient (a custom VJP) is the same per-tap matmuls
     transposed.
-  * ``'winograd'``: 3x3, stride 1, padding = dilation: Winograd F(2x2, 3x3)
-    (:func:`_winograd_conv`), 16 instead of 36 products per 2x2 outputs.
+  * ``'winograd'``: 3x3, stride 1, padding = dilation: Winograd F(m_h x m_w, 3x3)
+    (:func:`_winograd_conv`) with ``tile`` = (m_h, m_w) (default: the cheapest, see
+    :func:`winograd_tile`); F(4x4, 3x3) does 36 instead of 144 products per 4x4
+    outputs. ``transformed_kernel``: ``winograd_kernel(kernel, tile)`` computed
+    beforehand; its shape sets the tile, and it is used whenever the method is
+    Winograd.
   * ``'im2col'``: all taps gathered from the zero-padded input into one matmul.
   * ``'xla'``: ``lax.conv_general_dilated`` itself.
   * ``'auto'``: ``'xla'`` below ``SMALL_INPUT_CHANNELS`` input channels (the 7x7 stem),
@@ -345,7 +428,18 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
   if method == 'winograd':
     if not _winograd_valid(kernel.shape, geo):
       raise ValueError('winograd needs a 3x3 kernel, stride 1 and padding = dilation')
-    return _winograd_conv(x, kernel, geo)
+    if transformed_kernel is not None:
+      if (transformed_kernel.ndim != 4 or transformed_kernel.shape[2:] != kernel.shape[2:]
+          or tuple(s - 2 for s in transformed_kernel.shape[:2]) not in
+          PREPARED_WINOGRAD_TILES):
+        raise ValueError(f'transformed_kernel of shape {transformed_kernel.shape} is not a '
+                         f'Winograd transform of a kernel of shape {kernel.shape}')
+      tile = (transformed_kernel.shape[0] - 2, transformed_kernel.shape[1] - 2)
+    elif tile is None:
+      tile = _winograd_tile(x.shape, kernel.shape, geo) or (2, 2)
+    elif tuple(tile) not in PREPARED_WINOGRAD_TILES:
+      raise ValueError(f'tile must be one of {PREPARED_WINOGRAD_TILES}, got {tile}')
+    return _winograd_conv(x, kernel, geo, tuple(tile), transformed_kernel)
   if method == 'taps':
     return _tap_conv(x, kernel, geo)
   raise ValueError(f"method must be 'auto', 'taps', 'winograd', 'im2col' or 'xla', got "
@@ -393,13 +487,67 @@ def conv_general(lhs: jnp.ndarray, rhs: jnp.ndarray, window_strides: Sequence[in
                      preferred_element_type=preferred_element_type)
 
 
+WINOGRAD_COLLECTION = 'winograd'
+
+
+class Conv2d(nn.Module):
+  """A 2-D NHWC convolution with the variables of ``nn.Conv`` (``kernel`` HWIO, ``bias``)
+  run through :func:`conv_general`.
+
+  Winograd convolutions can use a kernel transform computed beforehand, for inference:
+  applied with the collection ``'winograd'`` mutable, each stores
+  :func:`winograd_kernel` of its kernel there (for the tile that is cheapest without the
+  kernel's transform); applied with that collection among its variables, it uses the
+  stored transform instead of transforming ``kernel`` on every call. See
+  :func:`dinet_jax.inference.prepare_variables`.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  padding: int = 0
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_init: Any = TORCH_RESNET_INIT
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k, cin = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (k, k, cin, self.features), jnp.float32)
+    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            if self.use_bias else None)
+    geometry = dict(strides=(self.stride,) * 2, padding=((self.padding,) * 2,) * 2,
+                    dilation=(self.dilation,) * 2)
+    transformed = None
+    if resolve_conv_impl() == 'matmul':
+      if self.has_variable(WINOGRAD_COLLECTION, 'kernel'):
+        transformed = self.get_variable(WINOGRAD_COLLECTION, 'kernel')
+      elif self.is_mutable_collection(WINOGRAD_COLLECTION) and not self.is_initializing():
+        tile = winograd_tile(x.shape, kernel.shape, **geometry, prepared=True)
+        if tile is not None:
+          transformed = winograd_kernel(kernel, tile)
+          self.put_variable(WINOGRAD_COLLECTION, 'kernel', transformed)
+    x, kernel, bias, transformed = nn.dtypes.promote_dtype(x, kernel, bias, transformed,
+                                                           dtype=self.dtype)
+    if transformed is not None and conv_method(x.shape, kernel.shape, **geometry) == 'winograd':
+      y = matmul_conv(x, kernel, **geometry, method='winograd',
+                      transformed_kernel=transformed)
+    else:
+      y = conv_general(x, kernel, geometry['strides'], geometry['padding'],
+                       rhs_dilation=geometry['dilation'],
+                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y if bias is None else y + bias
+
+
 def conv2d(x: jnp.ndarray, features: int, kernel_size: int, *, stride: int = 1,
            dilation: int = 1, padding: int | None = None, use_bias: bool = False,
            name: str, dtype: Any = jnp.float32,
            kernel_init: Any = TORCH_RESNET_INIT) -> jnp.ndarray:
   """A bias-free 2-D convolution with symmetric padding, as torch's Conv2d pads.
 
-  Call it inside a compact method: the convolution becomes a submodule named ``name``.
+  Call it inside a compact method: the convolution becomes a :class:`Conv2d` submodule
+  named ``name``.
 
   ``padding`` defaults to ``dilation * (kernel_size - 1) // 2``, which keeps the size for
   stride 1 and matches torchvision's choices for its strided convolutions. The
@@ -407,16 +555,5 @@ def conv2d(x: jnp.ndarray, features: int, kernel_size: int, *, stride: int = 1,
   """
   if padding is None:
     padding = dilation * (kernel_size - 1) // 2
-  conv = nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(stride, stride),
-      kernel_dilation=(dilation, dilation),
-      padding=((padding, padding), (padding, padding)),
-      use_bias=use_bias,
-      dtype=dtype,
-      kernel_init=kernel_init,
-      conv_general_dilated=conv_general,
-      name=name,
-  )
-  return conv(x)
+  return Conv2d(features, kernel_size, stride=stride, dilation=dilation, padding=padding,
+                use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)(x)
