@@ -76,7 +76,7 @@ def test_winograd_1d_transforms_are_exact(m):
 TILE_ERROR = {(2, 2): 2e-6, (2, 4): 5e-6, (4, 2): 5e-6, (4, 4): 1.2e-5}
 
 
-@pytest.mark.parametrize('tile', layers.PREPARED_WINOGRAD_TILES, ids=str)
+@pytest.mark.parametrize('tile', [(2, 2), (2, 4), (4, 2), (4, 4)], ids=str)
 @pytest.mark.parametrize('h, w, d', [(30, 40, 4), (15, 20, 2), (7, 9, 1)])
 def test_winograd_tiles_equal_float64_convolution(tile, h, w, d):
   """Every tile, on maps that are not multiples of the tile times the dilation: values
@@ -105,13 +105,13 @@ def test_precomputed_kernel_transform_and_bad_tiles():
   x = jnp.asarray(rng.standard_normal((1, 12, 17, 32)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, 32, 16)) / 17, jnp.float32)
   args = (x, k, (1, 1), ((2, 2), (2, 2)), (2, 2))
-  for tile in layers.PREPARED_WINOGRAD_TILES:
+  for tile in layers.WINOGRAD_TILES:
     u = layers.winograd_kernel(k, tile)
     assert u.shape == (tile[0] + 2, tile[1] + 2, 32, 16)
     on_the_fly = matmul_conv(*args, method='winograd', tile=tile)
     np.testing.assert_allclose(matmul_conv(*args, transformed_kernel=u), on_the_fly,
                                rtol=0, atol=1e-5)
-  with pytest.raises(ValueError, match='tile must be one of'):
+  with pytest.raises(ValueError, match='tile must be a pair of sizes in'):
     matmul_conv(*args, method='winograd', tile=(3, 3))
   with pytest.raises(ValueError, match=r'transformed_kernel of shape \(5, 6, 32, 16\)'):
     matmul_conv(*args, method='winograd', transformed_kernel=jnp.zeros((5, 6, 32, 16)))
@@ -132,12 +132,10 @@ def test_auto_picks_winograd_where_it_saves_products_and_taps_where_padding_domi
   assert conv_method((1, 30, 40, 1024), (1, 1, 1024, 256), (1, 1), ((0, 0), (0, 0))) == 'taps'
   # Tiles: the one with the fewest multiply-adds once the output is padded to a multiple
   # of the tile times the rate. A 40-column map at rate 4 pads to 40 for 2-wide tiles,
-  # 48 for 4-wide ones; 30 rows pad to 32 for both. F(4x4) only with transforms
-  # computed beforehand (inference).
+  # 48 for 4-wide ones; 30 rows pad to 32 for both. Never F(4x4) (see WINOGRAD_TILES).
   t = layers.winograd_tile
   assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(4)) == (4, 2)
   assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(2)) in ((2, 4), (4, 2))
-  assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(2), prepared=True) == (4, 4)
   assert t((1, 30, 40, 512), (3, 3, 512, 512), **d(16)) is None
   assert t((1, 30, 40, 512), (3, 3, 512, 512), (2, 2), ((1, 1), (1, 1))) is None
   assert (4, 4) not in {t((n, h, w, c), (3, 3, c, c), **d(r))

@@ -53,9 +53,9 @@ def test_model_in_chunks_equals_the_whole_batch():
 
 
 def test_prepared_winograd_transforms_give_the_same_maps():
-  """prepare_variables stores each Winograd convolution's kernel transform (F(4x4) where
-  that is cheapest); apply_model with them skips the transforms and gives the maps of
-  the plain variables and of XLA's convolutions."""
+  """prepare_variables stores each Winograd convolution's kernel transform; apply_model
+  with them skips the transforms and gives the maps of the plain variables and of XLA's
+  convolutions."""
   from dinet_jax.models.layers import use_conv_impl
   model = create_model({'backbone_width': 32, 'stage_sizes': (1, 1, 1, 1),
                         'context_features': 64, 'decoder_features': 64})
@@ -70,7 +70,7 @@ def test_prepared_winograd_transforms_give_the_same_maps():
     assert count(prepared) == count(variables) - len(transforms)
   assert prepared['params'] is variables['params']
   shapes = {t.shape[:2] for t in transforms}
-  assert (6, 6) in shapes and shapes <= {(4, 4), (4, 6), (6, 4), (6, 6)}, shapes
+  assert shapes & {(4, 6), (6, 4)} and shapes <= {(4, 4), (4, 6), (6, 4)}, shapes
   with use_conv_impl('xla'):
     expected = jax.jit(model.apply)(variables, x)
     assert 'winograd' not in inference.prepare_variables(model, prepared, (64, 96))

@@ -242,14 +242,13 @@ _WINO_1D = {
         np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -1 / 2, 0], [0, 1, 1, 4, 1 / 4, 0],
                   [0, 1, -1, 8, -1 / 8, 1]])),
 }
-# The tiles (m_h, m_w) the automatic choice considers. F(4x4, 3x3) has 4-13 times the
-# float32 error of the direct sum (F(2x2, 3x3): 1-2 times, the mixed tiles 2-4 times;
-# 256 channels, ReLU inputs): enough to flip more ReLUs whose input is near 0 and, in the
-# parity test, make parameter gradients 10 times further from float64 than PyTorch's
-# float32 ones. It is used only for inference with transforms computed beforehand
-# (prepared variables, see Conv2d), where the maps stay within 1e-4 of float64.
+# The tiles (m_h, m_w) the automatic choice considers. Not F(4x4, 3x3): it has 4-13 times
+# the float32 error of the direct sum (F(2x2, 3x3): 1-2 times, the mixed tiles 2-4
+# times; 256 channels, ReLU inputs), enough to flip more ReLUs whose input is near 0; in
+# the PyTorch parity test the parameter gradients came 10 times further from float64
+# than PyTorch's float32 ones. For inference it was no faster than the mixed tiles (its
+# batched products, with a quarter of the rows, run at lower FLOP/s).
 WINOGRAD_TILES = ((2, 2), (2, 4), (4, 2))
-PREPARED_WINOGRAD_TILES = WINOGRAD_TILES + ((4, 4),)
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,30 +319,26 @@ def _winograd_valid(kernel_shape, geo: _Geometry) -> bool:
           and geo.dilation == (d, d) and geo.padding == ((d, d), (d, d)))
 
 
-def _winograd_cost(x_shape, cout: int, tile: tuple[int, int], d: int,
-                   kernel_transform: bool = True) -> int:
+def _winograd_cost(x_shape, cout: int, tile: tuple[int, int], d: int) -> int:
   """Multiply-adds of Winograd with ``tile``: the products, (m_h + 2)(m_w + 2) per tile of
   the output padded to a multiple of m d, plus the transforms as the matmuls
-  :func:`_winograd_conv` runs (the kernel's only if ``kernel_transform``)."""
+  :func:`_winograd_conv` runs."""
   n, h, w, cin = x_shape
   hp, wp = _wino_padded_size(h, w, d, tile)
   planes = (tile[0] + 2) * (tile[1] + 2)
   tiles = n * (hp // tile[0]) * (wp // tile[1])
   return (tiles * planes * cin * cout + tiles * planes * planes * cin
-          + kernel_transform * planes * 9 * cin * cout
+          + planes * 9 * cin * cout
           + tiles * planes * tile[0] * tile[1] * cout)
 
 
-def _winograd_tile(x_shape, kernel_shape, geo: _Geometry,
-                   prepared: bool = False) -> tuple[int, int] | None:
+def _winograd_tile(x_shape, kernel_shape, geo: _Geometry) -> tuple[int, int] | None:
   """The Winograd tile for this convolution, or None for the per-tap matmuls.
 
   Winograd needs a 3x3 kernel, stride 1 and dilation = padding. Each tile in
-  ``WINOGRAD_TILES`` (``PREPARED_WINOGRAD_TILES`` if ``prepared``: the kernel's
-  transform is computed beforehand and not counted) is costed in multiply-adds
-  (products and transforms); the cheapest is used if its cost times
-  ``WINOGRAD_MARGIN`` is below the taps' valid products (the taps also read their
-  windows and add their partial products).
+  ``WINOGRAD_TILES`` is costed in multiply-adds (products and transforms); the cheapest
+  is used if its cost times ``WINOGRAD_MARGIN`` is below the taps' valid products (the
+  taps also read their windows and add their partial products).
   """
   if not _winograd_valid(kernel_shape, geo):
     return None
@@ -351,8 +346,8 @@ def _winograd_tile(x_shape, kernel_shape, geo: _Geometry,
   cout = kernel_shape[-1]
   _, _, taps = _taps(h, w, 3, 3, geo)
   direct = n * sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in taps) * cin * cout
-  cost, tile = min((_winograd_cost(x_shape, cout, t, geo.dilation[0], not prepared), t)
-                   for t in (PREPARED_WINOGRAD_TILES if prepared else WINOGRAD_TILES))
+  cost, tile = min((_winograd_cost(x_shape, cout, t, geo.dilation[0]), t)
+                   for t in WINOGRAD_TILES)
   return tile if cost * WINOGRAD_MARGIN < direct else None
 
 
@@ -373,15 +368,13 @@ def conv_method(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Se
 
 def winograd_tile(x_shape: Sequence[int], kernel_shape: Sequence[int],
                   strides: Sequence[int], padding: Sequence[tuple[int, int]],
-                  dilation: Sequence[int] = (1, 1), *, prepared: bool = False
-                  ) -> tuple[int, int] | None:
+                  dilation: Sequence[int] = (1, 1)) -> tuple[int, int] | None:
   """The Winograd tile ``matmul_conv(..., method='auto')`` uses for these shapes (None
-  when it uses another formulation); ``prepared=True``: the choice when the kernel's
-  transform is computed beforehand for inference (:class:`Conv2d`)."""
+  when it uses another formulation)."""
   geo = _Geometry(tuple(strides), tuple(map(tuple, padding)), tuple(dilation), None, None)
   if _auto_method(tuple(x_shape), tuple(kernel_shape), geo) != 'winograd':
     return None
-  return _winograd_tile(tuple(x_shape), tuple(kernel_shape), geo, prepared)
+  return _winograd_tile(tuple(x_shape), tuple(kernel_shape), geo)
 
 
 def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
@@ -400,11 +393,10 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
     padding are skipped. The gradient (a custom VJP) is the same per-tap matmuls
     transposed.
   * ``'winograd'``: 3x3, stride 1, padding = dilation: Winograd F(m_h x m_w, 3x3)
-    (:func:`_winograd_conv`) with ``tile`` = (m_h, m_w) (default: the cheapest, see
-    :func:`winograd_tile`); F(4x4, 3x3) does 36 instead of 144 products per 4x4
-    outputs. ``transformed_kernel``: ``winograd_kernel(kernel, tile)`` computed
-    beforehand; its shape sets the tile, and it is used whenever the method is
-    Winograd.
+    (:func:`_winograd_conv`) with ``tile`` = (m_h, m_w), sizes 2 or 4 (default: the
+    cheapest of ``WINOGRAD_TILES``, see :func:`winograd_tile`); F(2x4, 3x3) does 24
+    instead of 72 products per 2x4 outputs. ``transformed_kernel``:
+    ``winograd_kernel(kernel, tile)`` computed beforehand; its shape sets the tile.
   * ``'im2col'``: all taps gathered from the zero-padded input into one matmul.
   * ``'xla'``: ``lax.conv_general_dilated`` itself.
   * ``'auto'``: ``'xla'`` below ``SMALL_INPUT_CHANNELS`` input channels (the 7x7 stem),
@@ -430,15 +422,14 @@ def matmul_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
       raise ValueError('winograd needs a 3x3 kernel, stride 1 and padding = dilation')
     if transformed_kernel is not None:
       if (transformed_kernel.ndim != 4 or transformed_kernel.shape[2:] != kernel.shape[2:]
-          or tuple(s - 2 for s in transformed_kernel.shape[:2]) not in
-          PREPARED_WINOGRAD_TILES):
+          or any(s - 2 not in _WINO_1D for s in transformed_kernel.shape[:2])):
         raise ValueError(f'transformed_kernel of shape {transformed_kernel.shape} is not a '
                          f'Winograd transform of a kernel of shape {kernel.shape}')
       tile = (transformed_kernel.shape[0] - 2, transformed_kernel.shape[1] - 2)
     elif tile is None:
       tile = _winograd_tile(x.shape, kernel.shape, geo) or (2, 2)
-    elif tuple(tile) not in PREPARED_WINOGRAD_TILES:
-      raise ValueError(f'tile must be one of {PREPARED_WINOGRAD_TILES}, got {tile}')
+    elif len(tile) != 2 or any(m not in _WINO_1D for m in tile):
+      raise ValueError(f'tile must be a pair of sizes in {tuple(_WINO_1D)}, got {tile}')
     return _winograd_conv(x, kernel, geo, tuple(tile), transformed_kernel)
   if method == 'taps':
     return _tap_conv(x, kernel, geo)
@@ -496,10 +487,10 @@ class Conv2d(nn.Module):
 
   Winograd convolutions can use a kernel transform computed beforehand, for inference:
   applied with the collection ``'winograd'`` mutable, each stores
-  :func:`winograd_kernel` of its kernel there (for the tile that is cheapest without the
-  kernel's transform); applied with that collection among its variables, it uses the
-  stored transform instead of transforming ``kernel`` on every call. See
-  :func:`dinet_jax.inference.prepare_variables`.
+  :func:`winograd_kernel` of its kernel there (for the tile chosen for that input
+  shape); applied with that collection among its variables, it uses the stored
+  transform instead of transforming ``kernel`` on every call (and gets no gradient for
+  ``kernel``). See :func:`dinet_jax.inference.prepare_variables`.
   """
 
   features: int
@@ -524,7 +515,7 @@ class Conv2d(nn.Module):
       if self.has_variable(WINOGRAD_COLLECTION, 'kernel'):
         transformed = self.get_variable(WINOGRAD_COLLECTION, 'kernel')
       elif self.is_mutable_collection(WINOGRAD_COLLECTION) and not self.is_initializing():
-        tile = winograd_tile(x.shape, kernel.shape, **geometry, prepared=True)
+        tile = winograd_tile(x.shape, kernel.shape, **geometry)
         if tile is not None:
           transformed = winograd_kernel(kernel, tile)
           self.put_variable(WINOGRAD_COLLECTION, 'kernel', transformed)
