@@ -86,7 +86,7 @@ def prepare_variables(model: Any, variables: Any, image_size: Sequence[int],
   if layers.resolve_conv_impl() != 'matmul':
     return variables
   h, w = image_size
-  chunk = chunk_size((batch or CPU_CHUNK_PIXELS, h, w))
+  chunk = chunk_size((batch, h, w)) if batch else max(1, CPU_CHUNK_PIXELS // (h * w))
   x = jnp.zeros((chunk, h, w, 3), jnp.float32)
   # Only the transforms are returned: XLA drops the rest of the forward pass.
   prepared = jax.jit(

@@ -258,8 +258,7 @@ def _wino_matrices(mh: int, mw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
   return tuple(np.kron(a, b).astype(np.float32) for a, b in ((bh, bw), (gh, gw), (ah, aw)))
 
 
-def _wino_padded_size(h: int, w: int, d: int, tile: tuple[int, int] = (2, 2)
-                      ) -> tuple[int, int]:
+def _wino_padded_size(h: int, w: int, d: int, tile: tuple[int, int]) -> tuple[int, int]:
   mh, mw = tile
   return -(-h // (mh * d)) * mh * d, -(-w // (mw * d)) * mw * d
 
