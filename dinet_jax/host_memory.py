@@ -16,9 +16,9 @@ So the commands run with three glibc tunables (:data:`TUNABLES`):
 
 After the first calls no call page-faults. A 240x320 training step took 3.9-4.1 s
 instead of 4.6 s on an AMD EPYC machine (measured with ``hugetlb=1`` also set, see
-below), and 3.36-3.47 s with no faults on an Intel Xeon machine. The cost: the process keeps its peak heap until it exits (3.9 GB for
-240x320 training, up to 8.4 GB with PyTorch's training in the same process, as freed
-blocks fragment).
+below), and 3.36-3.47 s with no faults on an Intel Xeon machine. The cost: the process
+keeps its peak heap until it exits (3.9 GB for 240x320 training, up to 8.4 GB with
+PyTorch's training in the same process, as freed blocks fragment).
 
 Transparent huge pages are left off. With ``hugetlb=1`` added, a JAX call right after a
 PyTorch call in the same process was 8% faster on one machine (AMD EPYC). But on a

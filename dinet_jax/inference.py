@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from dinet_jax.models import layers
-from dinet_jax.models.layers import WINOGRAD_COLLECTION
 
 # Two 240x320 images: the fastest chunk measured at 240x320 (batch 8 as 8x1: 3.37 img/s,
 # 4x2: 3.48, 1x8: 3.17). At 480x640 that is one image, also the fastest measured
@@ -82,7 +81,7 @@ def prepare_variables(model: Any, variables: Any, image_size: Sequence[int],
   the convolutions do not run as matmuls (accelerators) the variables are returned
   unchanged.
   """
-  variables = {k: v for k, v in dict(variables).items() if k != WINOGRAD_COLLECTION}
+  variables = {k: v for k, v in dict(variables).items() if k != layers.WINOGRAD_COLLECTION}
   if layers.resolve_conv_impl() != 'matmul':
     return variables
   h, w = image_size
@@ -90,7 +89,7 @@ def prepare_variables(model: Any, variables: Any, image_size: Sequence[int],
   x = jnp.zeros((chunk, h, w, 3), jnp.float32)
   # Only the transforms are returned: XLA drops the rest of the forward pass.
   prepared = jax.jit(
-      lambda v, x: model.apply(v, x, mutable=[WINOGRAD_COLLECTION])[1])(variables, x)
-  if prepared.get(WINOGRAD_COLLECTION):
-    variables[WINOGRAD_COLLECTION] = prepared[WINOGRAD_COLLECTION]
+      lambda v, x: model.apply(v, x, mutable=[layers.WINOGRAD_COLLECTION])[1])(variables, x)
+  if prepared.get(layers.WINOGRAD_COLLECTION):
+    variables[layers.WINOGRAD_COLLECTION] = prepared[layers.WINOGRAD_COLLECTION]
   return variables

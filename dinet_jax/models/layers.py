@@ -276,7 +276,7 @@ def winograd_kernel(kernel: jnp.ndarray, tile: tuple[int, int]) -> jnp.ndarray:
                                                                  *kernel.shape[2:])
 
 
-def _winograd_conv(x, kernel, geo: _Geometry, tile: tuple[int, int] = (2, 2),
+def _winograd_conv(x, kernel, geo: _Geometry, tile: tuple[int, int],
                    transformed: jnp.ndarray | None = None):
   """3x3 stride-1 convolution with dilation d and padding d, Winograd F(m_h x m_w, 3x3).
 
@@ -509,18 +509,18 @@ class Conv2d(nn.Module):
             if self.use_bias else None)
     geometry = dict(strides=(self.stride,) * 2, padding=((self.padding,) * 2,) * 2,
                     dilation=(self.dilation,) * 2)
+    tile = (winograd_tile(x.shape, kernel.shape, **geometry)
+            if resolve_conv_impl() == 'matmul' else None)
     transformed = None
-    if resolve_conv_impl() == 'matmul':
-      if self.has_variable(WINOGRAD_COLLECTION, 'kernel'):
-        transformed = self.get_variable(WINOGRAD_COLLECTION, 'kernel')
-      elif self.is_mutable_collection(WINOGRAD_COLLECTION) and not self.is_initializing():
-        tile = winograd_tile(x.shape, kernel.shape, **geometry)
-        if tile is not None:
-          transformed = winograd_kernel(kernel, tile)
-          self.put_variable(WINOGRAD_COLLECTION, 'kernel', transformed)
+    if tile is not None and self.has_variable(WINOGRAD_COLLECTION, 'kernel'):
+      transformed = self.get_variable(WINOGRAD_COLLECTION, 'kernel')
+    elif (tile is not None and self.is_mutable_collection(WINOGRAD_COLLECTION)
+          and not self.is_initializing()):
+      transformed = winograd_kernel(kernel, tile)
+      self.put_variable(WINOGRAD_COLLECTION, 'kernel', transformed)
     x, kernel, bias, transformed = nn.dtypes.promote_dtype(x, kernel, bias, transformed,
                                                            dtype=self.dtype)
-    if transformed is not None and conv_method(x.shape, kernel.shape, **geometry) == 'winograd':
+    if transformed is not None:  # Its shape sets the tile.
       y = matmul_conv(x, kernel, **geometry, method='winograd',
                       transformed_kernel=transformed)
     else:
