@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dinet_jax.models.batch_norm import BatchNorm
 from dinet_jax.models.layers import conv2d
 
 Dtype = Any
@@ -30,7 +31,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, update_stats: bool = False) -> jnp.ndarray:
-    bn = lambda name, **kw: nn.BatchNorm(
+    bn = lambda name, **kw: BatchNorm(
         use_running_average=not update_stats, momentum=0.9, epsilon=1e-5,
         dtype=self.dtype, name=name, **kw)
     out = conv2d(x, self.planes, 1, name='conv1', dtype=self.dtype)
@@ -87,8 +88,8 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = conv2d(x, self.width, 7, stride=2, padding=3, name='conv1',
                dtype=self.dtype)
-    x = nn.BatchNorm(use_running_average=not update_stats, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, name='bn1')(x)
+    x = BatchNorm(use_running_average=not update_stats, momentum=0.9, epsilon=1e-5,
+                  dtype=self.dtype, name='bn1')(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stages = {'stem': x}
