@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from dinet_jax.models.batch_norm import BatchNorm
 from dinet_jax.models.layers import conv2d
+from dinet_jax.models.pooling import max_pool
 
 Dtype = Any
 
@@ -91,7 +92,7 @@ class ResNet(nn.Module):
     x = BatchNorm(use_running_average=not update_stats, momentum=0.9, epsilon=1e-5,
                   dtype=self.dtype, name='bn1')(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, window=3, stride=2, padding=1)
     stages = {'stem': x}
 
     replace_stride_with_dilation = (False, self.dilated, self.dilated)
