@@ -14,7 +14,9 @@ and the same inputs. Cases:
   PyTorch gets no faster per image by chunking: its batch 8 beats its batch 1).
 * ``train_240x320_b4``, ``train_120x160_b4``: one training step, forward + backward +
   Adam on the linear TVD loss with frozen BatchNorm. PyTorch eager (``zero_grad``,
-  backward, ``Adam.step``); JAX ``jit(steps.train_step)`` with the state donated.
+  backward, ``Adam.step``); JAX ``jit(steps.train_step)`` with the state donated and
+  the gradient norm on every 20th step only (``bench.GRAD_NORM_EVERY``, as ``train.py``
+  logs it; PyTorch computes none).
 
 PyTorch runs with ``torch.set_num_threads(os.cpu_count())``; for each case the warm-up
 times both memory formats (NCHW and ``channels_last``) and the faster one is used (and

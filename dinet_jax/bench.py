@@ -9,7 +9,8 @@ Measures, after compilation and warm-up, the median of several timed calls of
 * inference (``model.apply``, jitted, on CPU in chunks of at most two 240x320 images:
   :mod:`dinet_jax.inference`) at each ``--sizes`` for each ``--batch``,
 * one training step (forward + backward + Adam, linear TVD loss, frozen BatchNorm,
-  donated state) at ``--train-sizes`` with ``--train-batch``,
+  donated state; the gradient norm computed every ``GRAD_NORM_EVERY`` steps, as
+  ``train.py`` does for its logging steps) at ``--train-sizes`` with ``--train-batch``,
 
 in float32 and, where the device computes it natively (GPU/TPU), bfloat16. Prints the
 device, the compile time, FLOPs per image (XLA's cost analysis of the plain
@@ -33,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 PAPER_SECONDS_PER_IMAGE = {'240x320': 0.02, '480x640': 0.06}  # GTX 1080 Ti, DINet paper
+GRAD_NORM_EVERY = 20  # configs/default.py's log_every_steps (steps.train_step)
 
 
 def time_calls(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:
@@ -143,7 +145,9 @@ def train_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
     }
     fresh = jax.tree.map(jnp.array, variables)  # Donation must not delete the caller's.
     holder = [steps.create_train_state(model, fresh, tx)]
-    step = jax.jit(lambda s, b: steps.train_step(s, b, loss_fn=loss_fn), donate_argnums=0)
+    step = jax.jit(lambda s, b: steps.train_step(s, b, loss_fn=loss_fn,
+                                                  grad_norm_every=GRAD_NORM_EVERY),
+                   donate_argnums=0)
 
     def run():
       holder[0], metrics = step(holder[0], batch_data)

@@ -38,6 +38,7 @@ class Parallel:
   mode: str
   loss_fn: Callable[..., jnp.ndarray]
   update_stats: bool = False
+  grad_norm_every: int = 1  # see steps.train_step
   devices: list[Any] | None = None  # default: all devices
 
   def __post_init__(self):
@@ -49,7 +50,8 @@ class Parallel:
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
     train = functools.partial(steps.train_step, loss_fn=self.loss_fn,
-                              update_stats=self.update_stats)
+                              update_stats=self.update_stats,
+                              grad_norm_every=self.grad_norm_every)
     evaluate = functools.partial(steps.eval_step, loss_fn=self.loss_fn)
     if self.mode == 'jit':
       self._train = jax.jit(train, donate_argnums=0,

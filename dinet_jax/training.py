@@ -112,7 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run_info.prepare_workdir(config, workdir)
 
   loss_fn = losses.get_loss(config.loss)
-  par = parallel.Parallel(config.parallelism, loss_fn, update_stats=config.model.train_bn)
+  # The gradient norm is only computed for the steps that log it (steps.train_step).
+  par = parallel.Parallel(config.parallelism, loss_fn, update_stats=config.model.train_bn,
+                          grad_norm_every=config.log_every_steps)
   par.check_batch_size(config.batch_size, 'batch_size')
   par.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   per_process_batch = config.batch_size // jax.process_count()
@@ -188,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         lr = float(schedule(step - 1))
         bar.update(0, loss=f'{float(host["loss"]):.4f}', lr=f'{lr:.1e}', img_s=f'{rate:.1f}')
         writer.scalar('train/loss', float(host['loss']), step)
-        writer.scalar('train/grad_norm', float(host['grad_norm']), step)
+        if np.isfinite(host['grad_norm']):  # NaN at epoch ends between logging steps
+          writer.scalar('train/grad_norm', float(host['grad_norm']), step)
         writer.scalar('train/learning_rate', lr, step)
         writer.scalar('train/images_per_second', rate, step)
       bar.update(1)

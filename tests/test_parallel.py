@@ -87,3 +87,29 @@ def test_eval_mask_excludes_padding_examples_from_the_loss():
   _, four = par.eval_step(state, {k: v[:4] for k, v in next(batches(1)).items()})
   np.testing.assert_allclose(four['loss_sum'], float(sum(per_example)), rtol=1e-5)
   assert masked['loss_sum'] < full['loss_sum']
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap'])
+def test_grad_norm_is_computed_on_every_nth_step_only(mode):
+  """With ``grad_norm_every=2`` the norm is NaN on odd steps and, on even steps, the
+  global gradient norm of the plain step; the training itself is unchanged."""
+  model = create_model(TINY)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 48, 3)))
+  results = {}
+  for every in (1, 2):
+    par = parallel.Parallel(mode, tvd, grad_norm_every=every)
+    fresh = jax.tree.map(jnp.array, variables)  # the step donates its input state
+    state = par.put_state(steps.create_train_state(model, fresh, optax.sgd(1.0)))
+    norms = []
+    for batch in batches():
+      state, metrics = par.train_step(state, batch)
+      norms.append(float(metrics['grad_norm']))
+    results[every] = norms, par.get_state(state).params
+  (plain, plain_params), (sparse, sparse_params) = results[1], results[2]
+  assert np.all(np.isfinite(plain)) and min(plain) > 0
+  assert np.isnan(sparse[0]) and np.isnan(sparse[2])
+  np.testing.assert_allclose(sparse[1], plain[1], rtol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, sparse_params, plain_params)
+  with pytest.raises(ValueError, match='grad_norm_every must be >= 1, got 0'):
+    steps.train_step(steps.create_train_state(model, variables, optax.sgd(1.0)),
+                     next(batches(1)), loss_fn=tvd, grad_norm_every=0)
