@@ -219,3 +219,33 @@ def test_model_layers_under_pmap_and_jit_agree_between_formulations():
   np.testing.assert_allclose(out_a, out_b, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, atol=1e-5 * float(jnp.max(jnp.abs(a)))), grads_a, grads_b)
+
+
+@pytest.mark.parametrize('dtype,preferred', [(jnp.float32, None),
+                                             (jnp.bfloat16, jnp.float32)])
+def test_transposed_kernel_gradient_product_equals_plain(dtype, preferred):
+  """The batched product with the transposed-copy kernel gradient (used for narrow
+  Winograd layers) has the plain product's value and gradients, in their dtypes."""
+  rng = np.random.default_rng(5)
+  v = jnp.asarray(rng.standard_normal((6, 40, 16)), dtype)
+  u = jnp.asarray(rng.standard_normal((6, 16, 24)), dtype)
+  dm = jnp.asarray(rng.standard_normal((6, 40, 24)), preferred or dtype)
+  outs = []
+  for product in (layers._batched_product, layers._batched_product_transposed_grad):
+    y, vjp = jax.vjp(lambda v, u: product(v, u, lax.Precision.HIGHEST, preferred), v, u)
+    outs.append((y, *vjp(dm)))
+  for plain, transposed in zip(*outs):
+    assert plain.dtype == transposed.dtype and plain.shape == transposed.shape
+    np.testing.assert_allclose(np.asarray(transposed, np.float32),
+                               np.asarray(plain, np.float32), rtol=1e-5, atol=1e-5)
+  # The kernel gradient multiplies a transposed copy: contraction over its last axis.
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda u: jnp.sum(
+      layers._batched_product_transposed_grad(v, u, None, preferred))))(u))
+  assert 'optimization_barrier' in jaxpr and 'transpose' in jaxpr
+  # Winograd convolutions use it up to TRANSPOSED_GRAD_CHANNELS input channels.
+  for cin in (layers.TRANSPOSED_GRAD_CHANNELS, layers.TRANSPOSED_GRAD_CHANNELS + 1):
+    x, k = jnp.ones((1, 12, 16, cin)), jnp.ones((3, 3, cin, 8))
+    conv = lambda k: jnp.sum(matmul_conv(x, k, (1, 1), ((2, 2), (2, 2)), (2, 2),
+                                         method='winograd', tile=(2, 4)))
+    barrier = 'optimization_barrier' in str(jax.make_jaxpr(jax.grad(conv))(k))
+    assert barrier == (cin <= layers.TRANSPOSED_GRAD_CHANNELS), cin
