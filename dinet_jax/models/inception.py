@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dinet_jax.models.layers import KERAS_INIT, conv2d
+from dinet_jax.models.pooling import max_pool
 
 Dtype = Any
 
@@ -83,7 +84,7 @@ class InceptionModule(nn.Module):
     for i, (k, d) in enumerate(zip(self.kernel_sizes, rates)):
       outputs.append(conv(conv(x, 1, f'branch{i}_reduce'), k, f'branch{i}', d))
     if self.pool_branch:
-      pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+      pooled = max_pool(x, window=3, stride=1, padding=1)
       outputs.append(conv(pooled, 1, 'pool_proj'))
     if not outputs:
       raise ValueError('an inception module needs at least one branch')

@@ -1,4 +1,4 @@
-"""Max pooling whose gradient is one fused pass (ResNet's 3x3, stride-2 stem pool).
+"""Max pooling whose gradient is one fused pass (ResNet's stem, the inception module).
 
 ``nn.max_pool`` differentiates through XLA's ``select_and_scatter``, which the CPU
 backend expands into a scatter driven by four iota index arrays of the padded input's
@@ -6,8 +6,9 @@ size. :func:`max_pool` computes the same map as the maximum of the k*k strided s
 of the padded input, and its custom VJP sends each output's gradient to the first
 maximal tap of its window in row-major order (the tie rule of PyTorch's ``max_pool2d``
 and of ``select_and_scatter``): per tap, a select and an interior-padded add, which
-XLA fuses. For the stem of a 240x320 batch of 4 (a 4x120x160x64 map) forward and
-gradient took 9 ms against 42 ms on 2 CPU cores.
+XLA fuses. Forward and gradient on 2 CPU cores, for a 240x320 batch of 4: the stem's
+3x3 stride-2 pool (4x120x160x64) 9 ms against 42 ms, the inception variant's 3x3
+stride-1 pool (4x30x40x2048) 49 ms against 301 ms.
 """
 
 from __future__ import annotations
