@@ -21,10 +21,16 @@ and the same inputs. Cases:
 PyTorch runs with ``torch.set_num_threads(os.cpu_count())``; for each case the warm-up
 times both memory formats (NCHW and ``channels_last``) and the faster one is used (and
 reported), so PyTorch is not handicapped. After compilation and warm-up the two
-frameworks alternate, call by call, ``--reps`` times, with a short pause before each
-call (``--pause``: OpenMP and Eigen worker threads spin for a while after a parallel
-region and would otherwise slow the next call of the other framework). The table gives
-medians, the ratio JAX/PyTorch in images/s, the measured float32 matmul peak (the
+frameworks take turns, ``--reps`` times: a short pause (``--pause``: OpenMP and Eigen
+worker threads spin for a while after a parallel region and would otherwise slow the
+other framework's calls), then ``--turn`` back-to-back calls. The images/s figures are
+medians of the steady state, every call of a turn but the first, as a loop over a
+dataset or a training run sees it. The first call of each turn, right after the pause,
+is reported separately ("after idle"): on this 2-core virtual machine XLA's worker
+threads and cores wake slowly after 0.05 s or more of idleness, which costs JAX 5-8%
+of a batch-1 inference call and PyTorch (whose OpenMP threads spin) about 1%.
+``--turn 1`` gives the earlier protocol (one call after each pause). The table gives
+the ratio JAX/PyTorch in images/s, the measured float32 matmul peak (the
 better of ``jnp.dot`` and ``torch.mm`` on 4096x4096) and each figure's FLOP/s as a
 fraction of it (FLOPs per image from XLA's cost analysis of the plain convolution
 formulation, the same count for both frameworks), and the median CPU seconds each
@@ -79,6 +85,13 @@ def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
   t = torch.randn(n, n)
   torch_t = min(time_calls(lambda: torch.mm(t, t), reps))
   return {'jax': matmul_peak_flops(n, reps), 'torch': 2 * n**3 / torch_t}
+
+
+def steady_median(turns: list[list[float]]) -> float:
+  """Median call time of the steady state: every call of a turn but its first (the
+  first, after the pause, wakes idle worker threads and cores); all calls for turns of
+  one call."""
+  return float(np.median([t for turn in turns for t in (turn[1:] or turn)]))
 
 
 class TorchCase:
@@ -137,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--pause', type=float, default=0.25,
                       help='seconds of sleep before each timed call, so that the other '
                            "framework's spinning worker threads are idle (default 0.25)")
+  parser.add_argument('--turn', type=int, default=3,
+                      help='back-to-back calls per framework turn; the figures are '
+                           'medians of calls 2.. of each turn (default 3; 1 times only '
+                           'calls after a pause, as before)')
   parser.add_argument('--json', action='store_true', help='also print a JSON object')
   args = parser.parse_args(argv)
   reps = args.reps or (3 if args.quick else 7)
@@ -200,44 +217,57 @@ def main(argv: list[str] | None = None) -> int:
           + f' -> {fmt}', flush=True)
     cases.append((name, batch, jcase, tcase))
 
+  # times[name][fw][rep][call]: each framework's turn is args.turn back-to-back calls
+  # after a pause; call 0 is the call after idle, calls 1.. the steady state.
   times = {name: {'jax': [], 'torch': []} for name, *_ in cases}
   kernel = {name: {'jax': [], 'torch': []} for name, *_ in cases}
   for rep in range(reps):
     for name, _, jcase, tcase in cases:
       for fw, fn in (('jax', jcase.run), ('torch', tcase.run)):
         time.sleep(args.pause)
-        k = jbench.rusage()[1]
-        t = time.perf_counter()
-        fn()
-        times[name][fw].append(time.perf_counter() - t)
-        kernel[name][fw].append(jbench.rusage()[1] - k)
+        turn, turn_kernel = [], []
+        for _ in range(args.turn):
+          k = jbench.rusage()[1]
+          t = time.perf_counter()
+          fn()
+          turn.append(time.perf_counter() - t)
+          turn_kernel.append(jbench.rusage()[1] - k)
+        times[name][fw].append(turn)
+        kernel[name][fw].append(turn_kernel)
     print(f'  repetition {rep + 1}/{reps} done', flush=True)
   info['load_average_after'] = os.getloadavg()
 
   results = {}
   for name, batch, jcase, tcase in cases:
-    jm, tm = (float(np.median(times[name][fw])) for fw in ('jax', 'torch'))
+    jm, tm = (steady_median(times[name][fw]) for fw in ('jax', 'torch'))
+    jf, tf = (float(np.median([turn[0] for turn in times[name][fw]]))
+              for fw in ('jax', 'torch'))
     flops = jcase.flops_per_image
     results[name] = {
         'jax_img_per_s': batch / jm, 'torch_img_per_s': batch / tm, 'ratio': tm / jm,
+        'jax_first_img_per_s': batch / jf, 'torch_first_img_per_s': batch / tf,
+        'first_ratio': tf / jf,
         'jax_median_s': jm, 'torch_median_s': tm, 'torch_format': tcase.format,
         'flops_per_img': flops, 'jax_peak_fraction': flops * batch / jm /
         info['matmul_peak_flop_per_s'], 'torch_peak_fraction': flops * batch / tm /
         info['matmul_peak_flop_per_s'], 'jax_compile_s': jcase.compile_s,
-        'jax_times_s': [round(t, 4) for t in times[name]['jax']],
-        'torch_times_s': [round(t, 4) for t in times[name]['torch']],
-        'jax_kernel_s': float(np.median(kernel[name]['jax'])),
-        'torch_kernel_s': float(np.median(kernel[name]['torch'])),
+        'jax_times_s': [[round(t, 4) for t in turn] for turn in times[name]['jax']],
+        'torch_times_s': [[round(t, 4) for t in turn] for turn in times[name]['torch']],
+        'jax_kernel_s': float(np.median([k for t in kernel[name]['jax'] for k in t])),
+        'torch_kernel_s': float(np.median([k for t in kernel[name]['torch'] for k in t])),
     }
 
+  steady_calls = f'calls 2-{args.turn}' if args.turn > 1 else 'the one call'
   print(f'\nload average before/after: {info["load_average_before"][0]:.2f} / '
-        f'{info["load_average_after"][0]:.2f}; medians of {reps} alternating calls')
+        f'{info["load_average_after"][0]:.2f}; {reps} alternating turns of {args.turn} '
+        f'back-to-back calls; medians of {steady_calls} of each turn ("after idle": of '
+        f'the first call, after the {args.pause} s pause)')
   print(f'{"case":<19}{"JAX img/s":>10}{"torch img/s":>12}{"JAX/torch":>10}'
-        f'{"GFLOP/img":>10}{"JAX %peak":>10}{"torch %peak":>12}{"kernel s":>9}{"":6}'
-        f'  torch format')
+        f'{"after idle":>11}{"GFLOP/img":>10}{"JAX %peak":>10}{"torch %peak":>12}'
+        f'{"kernel s":>9}{"":6}  torch format')
   for name, r in results.items():
     print(f'{name:<19}{r["jax_img_per_s"]:>10.2f}{r["torch_img_per_s"]:>12.2f}'
-          f'{r["ratio"]:>9.2f}x{r["flops_per_img"] / 1e9:>10.1f}'
+          f'{r["ratio"]:>9.2f}x{r["first_ratio"]:>10.2f}x{r["flops_per_img"] / 1e9:>10.1f}'
           f'{r["jax_peak_fraction"]:>10.0%}{r["torch_peak_fraction"]:>12.0%}'
           f'{r["jax_kernel_s"]:>9.2f}/{r["torch_kernel_s"]:<5.2f}  {r["torch_format"]}')
   if args.json:

@@ -127,6 +127,18 @@ def test_benchmark_losses_agree():
                              rtol=1e-4, atol=1e-7)
 
 
+def test_benchmark_figures_leave_out_the_call_after_idle():
+  """bench_vs_torch's images/s come from calls 2.. of each turn; the first call after
+  the pause is reported apart. A turn of one call keeps the old one-call protocol."""
+  spec = importlib.util.spec_from_file_location('bench_vs_torch',
+                                                _REF.with_name('bench_vs_torch.py'))
+  bench_vs_torch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_vs_torch)
+  turns = [[9.0, 1.0, 2.0], [8.0, 3.0, 4.0], [7.0, 5.0, 6.0]]
+  assert bench_vs_torch.steady_median(turns) == 3.5  # median of 1..6, not of 1..9
+  assert bench_vs_torch.steady_median([[9.0], [1.0], [2.0]]) == 2.0
+
+
 def test_variant_at_odd_size_converts_and_matches():
   """The baseline (1x1 context), one decoder layer, an input size that is not a multiple
   of 8 (the upsampling scale is not an integer)."""
