@@ -139,6 +139,31 @@ def test_benchmark_figures_leave_out_the_call_after_idle():
   assert bench_vs_torch.steady_median([[9.0], [1.0], [2.0]]) == 2.0
 
 
+def test_stage_benchmark_truncations_match(net, variables, images):
+  """bench_stages times the same truncated networks in both frameworks: every
+  truncation's output agrees, and each is a different map (stage shapes, then the
+  context's and the final map's)."""
+  spec = importlib.util.spec_from_file_location('bench_stages',
+                                                _REF.with_name('bench_stages.py'))
+  bench_stages = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_stages)
+  jt = bench_stages.jax_truncations(DINet(), variables)
+  tt = bench_stages.torch_truncations(net)
+  assert tuple(jt) == tuple(tt) == bench_stages.STAGES
+  shapes = []
+  with torch.inference_mode():
+    for stage in bench_stages.STAGES:
+      got = np.asarray(jax.jit(jt[stage])(jnp.asarray(images)))
+      expected = tt[stage](torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+      expected = expected.permute(0, 2, 3, 1).numpy()
+      assert got.shape == expected.shape, stage
+      scale = float(np.max(np.abs(expected)))
+      assert scale > 0 and float(np.max(np.abs(got - expected))) <= 1e-5 * max(1.0, scale)
+      shapes.append(got.shape)
+  assert shapes == [(2, 16, 24, 64), (2, 16, 24, 256), (2, 8, 12, 512), (2, 8, 12, 1024),
+                    (2, 8, 12, 2048), (2, 8, 12, 256), (2, 64, 96, 1)]
+
+
 def test_variant_at_odd_size_converts_and_matches():
   """The baseline (1x1 context), one decoder layer, an input size that is not a multiple
   of 8 (the upsampling scale is not an integer)."""

@@ -1,0 +1,185 @@
+"""Where DINet's inference time goes, stage by stage, in JAX and in PyTorch, one run.
+
+    python benchmarks/bench_stages.py                        # 240x320, batch 1
+    python benchmarks/bench_stages.py --batch 2 --reps 7     # one CPU inference chunk
+
+Both frameworks run truncated copies of the same randomly initialised DINet (converted
+with ``dinet_jax.convert.torch_dinet_to_flax``): the stem (conv1, BatchNorm, ReLU, max
+pool), then up to layer1, ..., layer4, then with the context module, then the whole
+network (decoder and bilinear upsampling). A stage's time is the difference between
+consecutive truncations, so it includes whatever the truncation changes in the
+compiled program around it. JAX runs each truncation under ``jit`` with the Winograd
+kernel transforms computed beforehand (``inference.prepare_variables``), as
+``bench_vs_torch``'s inference case does; PyTorch runs in ``eval()`` and
+``torch.inference_mode()``, in ``--memory-format`` (default ``channels_last``, the
+faster one for inference in ``bench_vs_torch``).
+
+The timing protocol is ``bench_vs_torch``'s: the frameworks take turns (a pause, then
+``--turn`` back-to-back calls), and the figures are medians of every call of a turn
+but the first. Before timing, the script checks that every truncation's output agrees
+between the frameworks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'context', 'dinet')
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(
+      f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _sub_variables(variables: dict, name: str) -> dict:
+  """The variables of the submodule ``name`` in every collection that has it."""
+  return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+def jax_truncations(model: Any, variables: dict) -> dict[str, Callable]:
+  """NHWC images -> each truncation's output, unjitted; for the default ``DINet``."""
+  backbone = model.backbone.clone(return_stages=True)
+  backbone_vars = _sub_variables(variables, 'backbone')
+  context_vars = _sub_variables(variables, 'context')
+
+  def upto(stage):
+    return lambda x: backbone.apply(backbone_vars, x)[stage]
+
+  out = {stage: upto(stage) for stage in STAGES[:5]}
+  out['context'] = lambda x: model.context.apply(context_vars, upto('layer4')(x))
+  out['dinet'] = lambda x: model.apply(variables, x)
+  return out
+
+
+def torch_truncations(net: Any) -> dict[str, Callable]:
+  """NCHW tensors -> each truncation's output for a ``torch_reference.TorchDINet``."""
+  b = net.backbone
+  parts = {'stem': lambda x: b.maxpool(b.relu(b.bn1(b.conv1(x))))}
+  for i, stage in enumerate(STAGES[1:5]):
+    layer = getattr(b, stage)
+    parts[stage] = lambda x, layer=layer, prev=STAGES[i]: layer(parts[prev](x))
+  parts['context'] = lambda x: net.context(parts['layer4'](x))
+  parts['dinet'] = net
+  return parts
+
+
+def _turns(fn: Callable[[], Any], turn: int, pause: float) -> list[float]:
+  time.sleep(pause)
+  times = []
+  for _ in range(turn):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--size', default='240x320', help='HxW (default 240x320)')
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--reps', type=int, default=5, help='alternating turns')
+  parser.add_argument('--turn', type=int, default=3, help='back-to-back calls per turn')
+  parser.add_argument('--pause', type=float, default=0.25)
+  parser.add_argument('--memory-format', default='channels_last',
+                      choices=('channels_last', 'nchw'))
+  parser.add_argument('--threads', type=int, default=os.cpu_count(),
+                      help='PyTorch intra-op threads (default: all cores)')
+  args = parser.parse_args(argv)
+  h, w = (int(v) for v in args.size.split('x'))
+
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  from dinet_jax import convert, inference
+  from dinet_jax.bench import device_description
+  from dinet_jax.models import DINet
+
+  bench_vs_torch = _load('bench_vs_torch')
+  ref = _load('torch_reference')
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  net = ref.randomize(ref.TorchDINet(), 0).eval()
+  model = DINet()
+  variables = convert.torch_dinet_to_flax(net.state_dict())
+  print(f'{device_description()}; jax {jax.__version__}, torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads, {args.memory_format}); {args.batch}x{h}x{w}',
+        flush=True)
+
+  # Each truncation agrees between the frameworks (plain variables, a small input).
+  small = np.random.default_rng(0).standard_normal((1, 64, 96, 3)).astype(np.float32)
+  jt, tt = jax_truncations(model, variables), torch_truncations(net)
+  with torch.inference_mode():
+    errs = {s: float(np.max(np.abs(
+        np.asarray(jax.jit(jt[s])(jnp.asarray(small))).transpose(0, 3, 1, 2)
+        - tt[s](torch.from_numpy(small.transpose(0, 3, 1, 2).copy())).numpy())))
+            for s in STAGES}
+  print('max |JAX - PyTorch| per truncation: '
+        + ', '.join(f'{s} {e:.1e}' for s, e in errs.items()), flush=True)
+
+  prepared = inference.prepare_variables(model, variables, (h, w), args.batch)
+  jt = jax_truncations(model, prepared)
+  x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, h, w, 3), jnp.float32)
+  xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  if args.memory_format == 'channels_last':
+    net = net.to(memory_format=torch.channels_last)
+    xt = xt.contiguous(memory_format=torch.channels_last)
+  tt = torch_truncations(net)
+  runs = {}
+  for s in STAGES:
+    f = jax.jit(jt[s])
+    f(x).block_until_ready()
+
+    def run_torch(fn=tt[s]):
+      with torch.inference_mode():
+        fn(xt)
+
+    runs[s] = {'jax': lambda f=f: f(x).block_until_ready(), 'torch': run_torch}
+    for fn in runs[s].values():
+      fn()
+  print(f'compiled {len(STAGES)} truncations; timing {args.reps} turns of {args.turn} '
+        'calls each', flush=True)
+
+  times = {s: {'jax': [], 'torch': []} for s in STAGES}
+  for _ in range(args.reps):
+    for s in STAGES:
+      for fw, fn in runs[s].items():
+        times[s][fw].append(_turns(fn, args.turn, args.pause))
+  cumulative = {s: {fw: bench_vs_torch.steady_median(times[s][fw]) for fw in times[s]}
+                for s in STAGES}
+
+  print(f'\n{"stage":<10}{"JAX ms":>9}{"torch ms":>10}{"JAX - torch":>13}   '
+        '(differences of consecutive truncations, per call)')
+  previous = {'jax': 0.0, 'torch': 0.0}
+  for s in STAGES:
+    part = {fw: cumulative[s][fw] - previous[fw] for fw in previous}
+    name = 'decoder' if s == 'dinet' else s
+    print(f'{name:<10}{part["jax"] * 1e3:>9.1f}{part["torch"] * 1e3:>10.1f}'
+          f'{(part["jax"] - part["torch"]) * 1e3:>+13.1f}')
+    previous = cumulative[s]
+  print(f'{"whole":<10}{previous["jax"] * 1e3:>9.1f}{previous["torch"] * 1e3:>10.1f}'
+        f'{(previous["jax"] - previous["torch"]) * 1e3:>+13.1f}   '
+        f'JAX/PyTorch images/s {previous["torch"] / previous["jax"]:.2f}x')
+  return 0
+
+
+if __name__ == '__main__':
+  from dinet_jax import host_memory
+  host_memory.restart_with_malloc_tuning()
+  sys.exit(main())
