@@ -14,10 +14,13 @@ kernel transforms computed beforehand (``inference.prepare_variables``), as
 ``torch.inference_mode()``, in ``--memory-format`` (default ``channels_last``, the
 faster one for inference in ``bench_vs_torch``).
 
-The timing protocol is ``bench_vs_torch``'s: the frameworks take turns (a pause, then
-``--turn`` back-to-back calls), and the figures are medians of every call of a turn
-but the first. Before timing, the script checks that every truncation's output agrees
-between the frameworks.
+The frameworks take turns as in ``bench_vs_torch``: a pause, then back-to-back calls,
+of which the figures are medians. As the short truncations take 3-20 ms, each turn
+first calls for ``--settle`` seconds untimed: XLA's worker threads and this VM's cores
+need a few hundred milliseconds of work after an idle pause to reach full speed, which
+a turn of a few short calls would not give them (the stem and layer1 then measured
+40-50% slower for JAX). Before timing, the script checks that every truncation's output
+agrees between the frameworks.
 """
 
 from __future__ import annotations
@@ -79,8 +82,12 @@ def torch_truncations(net: Any) -> dict[str, Callable]:
   return parts
 
 
-def _turns(fn: Callable[[], Any], turn: int, pause: float) -> list[float]:
+def _turn(fn: Callable[[], Any], turn: int, pause: float, settle: float) -> list[float]:
+  """A pause, untimed calls for ``settle`` seconds, then ``turn`` timed calls."""
   time.sleep(pause)
+  end = time.perf_counter() + settle
+  while time.perf_counter() < end:
+    fn()
   times = []
   for _ in range(turn):
     t = time.perf_counter()
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--reps', type=int, default=5, help='alternating turns')
   parser.add_argument('--turn', type=int, default=3, help='back-to-back calls per turn')
   parser.add_argument('--pause', type=float, default=0.25)
+  parser.add_argument('--settle', type=float, default=0.5,
+                      help='seconds of untimed calls after each pause (default 0.5)')
   parser.add_argument('--memory-format', default='channels_last',
                       choices=('channels_last', 'nchw'))
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
@@ -111,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
   from dinet_jax.bench import device_description
   from dinet_jax.models import DINet
 
-  bench_vs_torch = _load('bench_vs_torch')
   ref = _load('torch_reference')
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -154,15 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     for fn in runs[s].values():
       fn()
   print(f'compiled {len(STAGES)} truncations; timing {args.reps} turns of {args.turn} '
-        'calls each', flush=True)
+        f'calls each, after {args.settle} s of untimed calls', flush=True)
 
   times = {s: {'jax': [], 'torch': []} for s in STAGES}
   for _ in range(args.reps):
     for s in STAGES:
       for fw, fn in runs[s].items():
-        times[s][fw].append(_turns(fn, args.turn, args.pause))
-  cumulative = {s: {fw: bench_vs_torch.steady_median(times[s][fw]) for fw in times[s]}
-                for s in STAGES}
+        times[s][fw] += _turn(fn, args.turn, args.pause, args.settle)
+  cumulative = {s: {fw: float(np.median(t)) for fw, t in times[s].items()} for s in STAGES}
 
   print(f'\n{"stage":<10}{"JAX ms":>9}{"torch ms":>10}{"JAX - torch":>13}   '
         '(differences of consecutive truncations, per call)')
