@@ -133,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
   # Each truncation agrees between the frameworks (plain variables, a small input).
   small = np.random.default_rng(0).standard_normal((1, 64, 96, 3)).astype(np.float32)
   jt, tt = jax_truncations(model, variables), torch_truncations(net)
+  errs = {}
   with torch.inference_mode():
-    errs = {s: float(np.max(np.abs(
-        np.asarray(jax.jit(jt[s])(jnp.asarray(small))).transpose(0, 3, 1, 2)
-        - tt[s](torch.from_numpy(small.transpose(0, 3, 1, 2).copy())).numpy())))
-            for s in STAGES}
-  print('max |JAX - PyTorch| per truncation: '
+    for s in STAGES:
+      expected = tt[s](torch.from_numpy(small.transpose(0, 3, 1, 2).copy())).numpy()
+      got = np.asarray(jax.jit(jt[s])(jnp.asarray(small))).transpose(0, 3, 1, 2)
+      errs[s] = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
+  print('max |JAX - PyTorch| / max(1, max |PyTorch|) per truncation: '
         + ', '.join(f'{s} {e:.1e}' for s, e in errs.items()), flush=True)
+  if max(errs.values()) > 1e-4:
+    raise SystemExit('the truncations disagree; the timings would compare different work')
 
   prepared = inference.prepare_variables(model, variables, (h, w), args.batch)
   jt = jax_truncations(model, prepared)
