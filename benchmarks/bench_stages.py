@@ -39,6 +39,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from dinet_jax.bench import time_calls  # noqa: E402  (after the path set-up)
+
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'context', 'dinet')
 
 
@@ -88,12 +90,7 @@ def _turn(fn: Callable[[], Any], turn: int, pause: float, settle: float) -> list
   end = time.perf_counter() + settle
   while time.perf_counter() < end:
     fn()
-  times = []
-  for _ in range(turn):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return times
+  return time_calls(fn, turn, warmup=0)
 
 
 def main(argv: list[str] | None = None) -> int:
