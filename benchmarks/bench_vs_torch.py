@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--threads', type=int, default=os.cpu_count(),
                       help='PyTorch intra-op threads (default: all cores)')
   parser.add_argument('--pause', type=float, default=0.25,
-                      help='seconds of sleep before each timed call, so that the other '
-                           "framework's spinning worker threads are idle (default 0.25)")
+                      help="seconds of sleep before each framework's turn, so that the "
+                           "other framework's spinning worker threads are idle (default "
+                           '0.25)')
   parser.add_argument('--turn', type=int, default=3,
                       help='back-to-back calls per framework turn; the figures are '
                            'medians of calls 2.. of each turn (default 3; 1 times only '

@@ -18,10 +18,18 @@ from dinet_jax.models.layers import use_conv_impl
 
 torch.set_num_threads(2)
 
-_REF = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'torch_reference.py'
-_spec = importlib.util.spec_from_file_location('torch_reference', _REF)
-torch_reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(torch_reference)
+_BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+def _benchmark_module(name: str):
+  """A module of benchmarks/ (not a package), by file name."""
+  spec = importlib.util.spec_from_file_location(name, _BENCHMARKS / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+torch_reference = _benchmark_module('torch_reference')
 
 
 def random_torch_dinet(seed: int = 0, **kwargs) -> torch.nn.Module:
@@ -130,10 +138,7 @@ def test_benchmark_losses_agree():
 def test_benchmark_figures_leave_out_the_call_after_idle():
   """bench_vs_torch's images/s come from calls 2.. of each turn; the first call after
   the pause is reported apart. A turn of one call keeps the old one-call protocol."""
-  spec = importlib.util.spec_from_file_location('bench_vs_torch',
-                                                _REF.with_name('bench_vs_torch.py'))
-  bench_vs_torch = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench_vs_torch)
+  bench_vs_torch = _benchmark_module('bench_vs_torch')
   turns = [[9.0, 1.0, 2.0], [8.0, 3.0, 4.0], [7.0, 5.0, 6.0]]
   assert bench_vs_torch.steady_median(turns) == 3.5  # median of 1..6, not of 1..9
   assert bench_vs_torch.steady_median([[9.0], [1.0], [2.0]]) == 2.0
@@ -143,10 +148,7 @@ def test_stage_benchmark_truncations_match(net, variables, images):
   """bench_stages times the same truncated networks in both frameworks: every
   truncation's output agrees, and each is a different map (stage shapes, then the
   context's and the final map's)."""
-  spec = importlib.util.spec_from_file_location('bench_stages',
-                                                _REF.with_name('bench_stages.py'))
-  bench_stages = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench_stages)
+  bench_stages = _benchmark_module('bench_stages')
   jt = bench_stages.jax_truncations(DINet(), variables)
   tt = bench_stages.torch_truncations(net)
   assert tuple(jt) == tuple(tt) == bench_stages.STAGES
