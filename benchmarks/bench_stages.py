@@ -26,7 +26,6 @@ agrees between the frameworks.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import sys
@@ -42,14 +41,6 @@ if str(ROOT) not in sys.path:
 from dinet_jax.bench import time_calls  # noqa: E402  (after the path set-up)
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'context', 'dinet')
-
-
-def _load(name: str):
-  spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(
-      f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _sub_variables(variables: dict, name: str) -> dict:
@@ -117,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
   from dinet_jax.bench import device_description
   from dinet_jax.models import DINet
 
-  ref = _load('torch_reference')
+  from bench_vs_torch import _load_reference  # benchmarks/ is sys.path[0]
+
+  ref = _load_reference()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   net = ref.randomize(ref.TorchDINet(), 0).eval()

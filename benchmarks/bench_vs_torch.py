@@ -1,7 +1,7 @@
 """DINet in JAX against the same DINet in PyTorch (benchmarks/torch_reference.py), one run.
 
-    python benchmarks/bench_vs_torch.py            # all cases, 7 alternating repetitions
-    python benchmarks/bench_vs_torch.py --quick    # fewer repetitions
+    python benchmarks/bench_vs_torch.py            # all cases, 7 alternating turns
+    python benchmarks/bench_vs_torch.py --quick    # 3 turns
     python benchmarks/bench_vs_torch.py --cases infer_240x320_b1,train_120x160_b4 --json
 
 Both frameworks get the same random weights (converted with
