@@ -10,8 +10,9 @@ and the same inputs. Cases:
 
 * ``infer_240x320_b1``, ``infer_240x320_b8``: inference. PyTorch in ``eval()`` and
   ``torch.inference_mode()``; JAX ``jit(model.apply)``, on CPU in chunks of at most two
-  240x320 images (``dinet_jax.inference.apply_model``, the library's inference path;
-  PyTorch gets no faster per image by chunking: its batch 8 beats its batch 1).
+  240x320 images, batch 8 as two concurrent calls of four images
+  (``dinet_jax.inference.streamed_apply``, the library's inference path; PyTorch gets no
+  faster per image by chunking: its batch 8 beats its batch 1).
 * ``train_240x320_b4``, ``train_120x160_b4``: one training step, forward + backward +
   Adam on the linear TVD loss with frozen BatchNorm. PyTorch eager (``zero_grad``,
   backward, ``Adam.step``); JAX ``jit(steps.train_step)`` with the state donated and

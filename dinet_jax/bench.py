@@ -108,8 +108,9 @@ class Case:
 def inference_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
                    flops_model: Any = None) -> Case:
   """``model.apply`` on a (batch, H, W, 3) batch as the library's inference runs it: in
-  chunks (:func:`dinet_jax.inference.apply_model`), with the Winograd kernel transforms
-  computed once beforehand (:func:`dinet_jax.inference.prepare_variables`)."""
+  chunks, on CPU as concurrent calls (:func:`dinet_jax.inference.streamed_apply`), with
+  the Winograd kernel transforms computed once beforehand
+  (:func:`dinet_jax.inference.prepare_variables`)."""
   import jax
   import jax.numpy as jnp
 
@@ -117,11 +118,11 @@ def inference_case(model: Any, variables: Any, hw: tuple[int, int], batch: int,
 
   def build():
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, *hw, 3), jnp.float32)
-    f = jax.jit(lambda v, x: inference.apply_model(model, v, x))
+    f = inference.streamed_apply(model)
     v = jax.device_put(variables)  # Not numpy arrays: no copy to the device per call.
     flops = _plain_flops(lambda v, x: (flops_model or model).apply(v, x), v, x)
     v = inference.prepare_variables(model, v, hw, batch)
-    return (lambda: f(v, x).block_until_ready()), flops / batch
+    return (lambda: jax.block_until_ready(f(v, x))), flops / batch
 
   return Case(f'infer_{hw[0]}x{hw[1]}_b{batch}', batch, build)
 

@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dinet_jax import checkpoints, inference
@@ -19,7 +18,7 @@ from dinet_jax.models import create_model
 class TrainedModel:
   """Model, variables and input size of a checkpoint; ``__call__`` maps normalised NHWC
   images at ``image_size`` to (B, H, W) maps in [0, 1] (on CPU a few images at a time,
-  see :mod:`dinet_jax.inference`)."""
+  in concurrent calls, see :mod:`dinet_jax.inference`)."""
 
   model: Any
   variables: dict[str, Any]
@@ -31,10 +30,10 @@ class TrainedModel:
     self.variables = jax.device_put(self.variables)
     # With the Winograd kernel transforms computed once (in the variables from here on).
     self.variables = inference.prepare_variables(self.model, self.variables, self.image_size)
-    self._apply = jax.jit(lambda v, x: inference.apply_model(self.model, v, x)[..., 0])
+    self._apply = inference.streamed_apply(self.model, lambda maps: maps[..., 0])
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._apply(self.variables, jnp.asarray(images, jnp.float32)))
+    return np.asarray(self._apply(self.variables, np.asarray(images, np.float32)))
 
   @property
   def config(self) -> dict[str, Any]:

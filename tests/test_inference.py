@@ -39,6 +39,71 @@ def test_bad_chunk():
     inference.apply_in_chunks(lambda x: x, jnp.zeros((2, 1)), 0)
 
 
+def test_stream_count_rule(monkeypatch):
+  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 2)
+  assert inference.stream_count((8, 240, 320, 3), 'cpu') == 2
+  assert inference.stream_count((3, 240, 320, 3), 'cpu') == 2
+  assert inference.stream_count((2, 240, 320, 3), 'cpu') == 1  # one chunk
+  assert inference.stream_count((2, 480, 640, 3), 'cpu') == 2
+  assert inference.stream_count((1, 240, 320, 3), 'cpu') == 1
+  assert inference.stream_count((8, 120, 160, 3), 'cpu') == 1
+  assert inference.stream_count((8, 240, 320, 3), 'gpu') == 1
+  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 1)
+  assert inference.stream_count((8, 240, 320, 3), 'cpu') == 1
+
+
+@pytest.mark.parametrize('n, streams, chunk, parts', [
+    (8, 2, 2, [4, 4]), (6, 2, 2, [4, 2]), (5, 2, 2, [4, 1]), (3, 2, 1, [2, 1]),
+    (7, 3, 1, [3, 2, 2]), (2, 4, 1, [1, 1]), (4, 2, 4, [4]), (4, 1, 1, [4])])
+def test_streams_concatenate_to_the_whole_batch(n, streams, chunk, parts):
+  seen = []
+
+  def fn(x):
+    seen.append(x.shape[0])
+    return {'sum': jnp.sum(x, axis=(1, 2)), 'x2': jnp.asarray(x) * 2.0}
+
+  x = np.random.default_rng(0).standard_normal((n, 3, 4, 2)).astype(np.float32)
+  got = inference.apply_in_streams(fn, x, streams, chunk)
+  np.testing.assert_allclose(got['sum'], x.sum(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(got['x2'], x * 2.0)
+  assert sorted(seen, reverse=True) == parts
+
+
+def test_streams_run_concurrently():
+  """Each part's call runs in its own thread while the others are in flight: the calls
+  meet at a barrier, which calls made one after the other never pass."""
+  import threading
+  barrier = threading.Barrier(3, timeout=10)
+
+  def fn(x):
+    barrier.wait()
+    return x + threading.get_ident() * 0
+
+  x = np.arange(6, dtype=np.float32)[:, None]
+  np.testing.assert_array_equal(inference.apply_in_streams(fn, x, 3, 2), x)
+
+
+def test_bad_streams():
+  with pytest.raises(ValueError, match='streams and chunk must be at least 1, got 0 and 1'):
+    inference.apply_in_streams(lambda x: x, np.zeros((2, 1)), 0)
+
+
+def test_model_in_streams_equals_the_whole_batch(monkeypatch):
+  """streamed_apply, the path of TrainedModel and the benchmarks: at 48x64 with a chunk
+  of two such images, five images run as two concurrent calls (4 and 1 images)."""
+  model = create_model({'backbone_width': 8, 'stage_sizes': (1, 1, 1, 1), 'context_features': 8,
+                        'decoder_features': 8})
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (5, 48, 64, 3)))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+  whole = jax.jit(model.apply)(variables, x)
+  monkeypatch.setattr(inference, 'CPU_CHUNK_PIXELS', 2 * 48 * 64)
+  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 2)
+  assert inference.stream_count(x.shape) == 2
+  got = inference.streamed_apply(model, lambda maps: maps[..., 0])(variables, x)
+  assert got.shape == (5, 48, 64)
+  np.testing.assert_allclose(got, whole[..., 0], atol=1e-5)
+
+
 def test_model_in_chunks_equals_the_whole_batch():
   model = create_model({'backbone_width': 8, 'stage_sizes': (1, 1, 1, 1), 'context_features': 8,
                         'decoder_features': 8})
