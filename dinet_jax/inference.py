@@ -57,7 +57,14 @@ def stream_count(shape: Sequence[int], backend: str | None = None) -> int:
   if (backend or jax.default_backend()) != 'cpu':
     return 1
   chunks = -(-shape[0] // chunk_size(shape, 'cpu'))
-  return max(1, min(chunks, CPU_STREAMS, os.cpu_count() or 1))
+  return max(1, min(chunks, CPU_STREAMS, _cpu_cores()))
+
+
+def _cpu_cores() -> int:
+  """The cores this process may run on (its affinity mask, where the OS has one)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def apply_in_streams(fn: Callable[[Any], Any], images: Any, streams: int,

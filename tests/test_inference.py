@@ -40,7 +40,7 @@ def test_bad_chunk():
 
 
 def test_stream_count_rule(monkeypatch):
-  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 2)
+  monkeypatch.setattr(inference, '_cpu_cores', lambda: 2)
   assert inference.stream_count((8, 240, 320, 3), 'cpu') == 2
   assert inference.stream_count((3, 240, 320, 3), 'cpu') == 2
   assert inference.stream_count((2, 240, 320, 3), 'cpu') == 1  # one chunk
@@ -48,7 +48,7 @@ def test_stream_count_rule(monkeypatch):
   assert inference.stream_count((1, 240, 320, 3), 'cpu') == 1
   assert inference.stream_count((8, 120, 160, 3), 'cpu') == 1
   assert inference.stream_count((8, 240, 320, 3), 'gpu') == 1
-  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 1)
+  monkeypatch.setattr(inference, '_cpu_cores', lambda: 1)
   assert inference.stream_count((8, 240, 320, 3), 'cpu') == 1
 
 
@@ -97,7 +97,7 @@ def test_model_in_streams_equals_the_whole_batch(monkeypatch):
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
   whole = jax.jit(model.apply)(variables, x)
   monkeypatch.setattr(inference, 'CPU_CHUNK_PIXELS', 2 * 48 * 64)
-  monkeypatch.setattr(inference.os, 'cpu_count', lambda: 2)
+  monkeypatch.setattr(inference, '_cpu_cores', lambda: 2)
   assert inference.stream_count(x.shape) == 2
   got = inference.streamed_apply(model, lambda maps: maps[..., 0])(variables, x)
   assert got.shape == (5, 48, 64)
