@@ -10,10 +10,10 @@ other inside the jitted function (``lax.map``); :func:`chunk_size` picks at most
 :data:`CPU_CHUNK_PIXELS` pixels per chunk on CPU, the whole batch on accelerators.
 
 A batch of several chunks also runs as concurrent calls (:func:`apply_in_streams`, from
-host threads, :func:`stream_count` of them): XLA splits each operation of one call
-across the cores and waits for all of them before the next, and on two cores it gains
-1.76x from the second core where PyTorch gains 1.89x. Two calls in flight keep both
-cores busy between those waits. Batch 8 at 240x320 ran at 210-211 ms per image as two
+host threads, :func:`stream_count` of them). One call gains 1.76x from a second core
+where PyTorch gains 1.89x (batch 1, 402-408 against 229 ms); most likely XLA's workers
+wait at the ends of operations split across the cores, and a second call in flight
+fills those waits. Batch 8 at 240x320 ran at 210-211 ms per image as two
 concurrent calls of four images against 225-226 ms as one call (Intel Xeon, 2 cores,
 4 turns of 3 calls). Two calls queued from one thread run one after the other; so did
 two independent halves inside one program (445 against 440 ms for two images).
