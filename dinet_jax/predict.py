@@ -98,7 +98,9 @@ class Predictor:
     for start in range(0, len(rgb), self.batch_size):
       chunk = rgb[start:start + self.batch_size]
       x = np.stack([input_pipeline.preprocess_image(im, self.image_size) for im in chunk])
-      pad = self.batch_size - len(chunk)  # a fixed batch shape compiles once
+      # Padded to a power of two up to batch_size: a few batch shapes compile, and one
+      # image costs one image's work, not batch_size images'.
+      pad = min(self.batch_size, 1 << (len(chunk) - 1).bit_length()) - len(chunk)
       if pad:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
       maps = self.model(x)

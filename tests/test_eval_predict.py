@@ -82,6 +82,8 @@ def write_images(folder):
 def test_predictor_maps_have_each_images_size(run_dir, tmp_path):
   rgb = write_images(tmp_path / 'in')
   predictor = predict.Predictor(run_dir)
+  batches, apply = [], predictor.model._apply
+  predictor.model._apply = lambda v, x: batches.append(len(x)) or apply(v, x)
   single = predictor.predict(rgb)
   assert single.shape == (37, 53) and single.dtype == np.float32
   assert 0.0 <= single.min() and single.max() <= 1.0
@@ -92,6 +94,9 @@ def test_predictor_maps_have_each_images_size(run_dir, tmp_path):
   gray3 = np.repeat(rgb[..., :1], 3, axis=-1)
   np.testing.assert_allclose(batch[2], predictor.predict(gray3), atol=1e-6)
   assert predict.read_image(tmp_path / 'in' / 'rotated.jpg').shape == (53, 37, 3)
+  # Batches are padded to powers of two up to batch_size (8), not always to 8.
+  assert predictor.predict_batch([rgb] * 9)[8].shape == (37, 53)
+  assert batches == [1, 4, 1, 8, 1]
 
 
 def test_predict_command_reports_bad_files_and_writes_the_rest(run_dir, tmp_path):
