@@ -9,8 +9,8 @@ Both frameworks get the same random weights (converted with
 and the same inputs. Cases:
 
 * ``infer_240x320_b1``, ``infer_240x320_b8``: inference. PyTorch in ``eval()`` and
-  ``torch.inference_mode()``; JAX ``jit(model.apply)``, on CPU in chunks of at most two
-  240x320 images, batch 8 as two concurrent calls of four images
+  ``torch.inference_mode()``; JAX ``model.apply`` jitted, on CPU in chunks of at most
+  two 240x320 images, batch 8 as two concurrent calls of four images
   (``dinet_jax.inference.streamed_apply``, the library's inference path; PyTorch gets no
   faster per image by chunking: its batch 8 beats its batch 1).
 * ``train_240x320_b4``, ``train_120x160_b4``: one training step, forward + backward +

@@ -91,7 +91,8 @@ def _cpu_model() -> str:
 
 
 class Case:
-  """One benchmark case: a jitted function with its arguments, compiled on ``setup``."""
+  """One benchmark case: a call into jitted code with fixed arguments, compiled (and
+  called once) on ``setup``."""
 
   def __init__(self, name: str, images_per_call: int, build: Callable[[], tuple]):
     self.name, self.images_per_call, self._build = name, images_per_call, build

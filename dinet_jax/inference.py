@@ -11,12 +11,13 @@ other inside the jitted function (``lax.map``); :func:`chunk_size` picks at most
 
 A batch of several chunks also runs as concurrent calls (:func:`apply_in_streams`, from
 host threads, :func:`stream_count` of them). One call gains 1.76x from a second core
-where PyTorch gains 1.89x (batch 1, 402-408 against 229 ms); most likely XLA's workers
-wait at the ends of operations split across the cores, and a second call in flight
-fills those waits. Batch 8 at 240x320 ran at 210-211 ms per image as two
-concurrent calls of four images against 225-226 ms as one call (Intel Xeon, 2 cores,
-4 turns of 3 calls). Two calls queued from one thread run one after the other; so did
-two independent halves inside one program (445 against 440 ms for two images).
+where PyTorch gains 1.89x (batch 1: 402-408 ms on one core, 229 ms on two); most likely
+XLA's workers wait at the ends of operations split across the cores, and a second call
+in flight fills those waits (each call holds its own temporary buffers meanwhile).
+Batch 8 at 240x320 ran at 210-211 ms per image as two concurrent calls of four images
+against 225-226 ms as one call (Intel Xeon, 2 cores, 4 turns of 3 calls). Two calls
+queued from one thread run one after the other; so did two independent halves inside
+one program (445 against 440 ms for two images).
 """
 
 from __future__ import annotations
@@ -70,19 +71,22 @@ def _cpu_cores() -> int:
 def apply_in_streams(fn: Callable[[Any], Any], images: Any, streams: int,
                      chunk: int = 1) -> Any:
   """``fn(images)`` as ``streams`` concurrent calls, each from its own host thread, on
-  consecutive parts of the batch, concatenated along axis 0.
+  consecutive parts of the batch, concatenated (as JAX arrays) along axis 0.
 
-  The parts are whole multiples of ``chunk`` images (all but the last), as even as that
-  allows; with ``streams == 1`` or a single chunk this is ``fn(images)``. ``fn`` maps a
-  batch to arrays (or a pytree of arrays) with the batch as first axis and must be safe
-  to call from several threads at once, as a jitted function is; each part's call is
-  waited for in its thread, so the calls overlap on the device. Call it outside ``jit``.
+  Each part is a number of whole chunks of ``chunk`` images; the first parts take the
+  extra chunks and the last part any remainder, so a batch's leading parts all have one
+  shape (batch 8, chunk 2, two streams: 4 + 4; batch 5: 4 + 1). ``fn`` maps a batch to
+  arrays (or a pytree of arrays) with the batch as first axis and must be safe to call
+  from several threads at once, as a jitted function is; each part's call is waited for
+  in its thread, so the calls overlap on the device, and each holds its own temporary
+  buffers meanwhile. With ``streams == 1``, a single chunk, or ``images`` traced by a
+  JAX transformation (inside ``jit``), this is ``fn(images)``.
   """
   if streams < 1 or chunk < 1:
     raise ValueError(f'streams and chunk must be at least 1, got {streams} and {chunk}')
   n = images.shape[0]
   chunks = -(-n // chunk)
-  if streams == 1 or chunks == 1:
+  if streams == 1 or chunks == 1 or isinstance(images, jax.core.Tracer):
     return fn(images)
   per_part, extra = divmod(chunks, min(streams, chunks))
   bounds, start = [], 0
@@ -129,11 +133,13 @@ def apply_model(model: Any, variables: Any, images: jnp.ndarray,
   return apply_in_chunks(lambda x: model.apply(variables, x), images, chunk)
 
 
-def streamed_apply(model: Any, output: Callable[[Any], Any] = lambda maps: maps
-                   ) -> Callable[[Any, Any], Any]:
-  """The library's inference path as a host function ``(variables, images) ->
-  output(maps)``: :func:`apply_model` jitted, called in :func:`stream_count` concurrent
-  parts of whole chunks (:func:`apply_in_streams`). Not for use inside ``jit``."""
+def streamed_apply(model: Any,
+                   output: Callable[[Any], Any] = lambda maps: maps) -> Callable[[Any, Any], Any]:
+  """The library's inference path, ``(variables, images) -> output(maps)``:
+  :func:`apply_model` jitted and called in :func:`stream_count` concurrent parts of whole
+  chunks (:func:`apply_in_streams`). Put the variables on the device first
+  (``jax.device_put``); numpy variables would be copied on every call. Inside ``jit`` it
+  is one chunked call."""
   apply = jax.jit(lambda v, x: output(apply_model(model, v, x)))
 
   def run(variables: Any, images: Any) -> Any:

@@ -152,7 +152,8 @@ def predict_files(predictor: Predictor, files: Sequence[str], output: str, *,
   """Writes ``<output>/<name>.png`` (and overlays / .npy) for each file.
 
   Returns (written map paths, error messages of files that could not be processed).
-  Names are the file's stem; the benchmark formats need no more than that.
+  Names are the file's stem; the benchmark formats need no more than that. Images are
+  predicted ``predictor.batch_size`` at a time (:meth:`Predictor.predict_batch`).
   """
   from tqdm import tqdm
 
@@ -161,6 +162,21 @@ def predict_files(predictor: Predictor, files: Sequence[str], output: str, *,
   os.makedirs(output, exist_ok=True)
   written, errors = [], []
   stems = {}
+  group = []  # (stem, image) read and waiting for their batch
+
+  def flush():
+    maps = predictor.predict_batch([image for _, image in group])
+    for (stem, image), saliency in zip(group, maps):
+      saliency = blur(saliency, blur_sigma)
+      target = os.path.join(output, stem + '.png')
+      _write_png(target, to_uint8(saliency))
+      written.append(target)
+      if overlay_maps:
+        _write_png(os.path.join(output, stem + '_overlay.png'), overlay(image, saliency))
+      if npy:
+        np.save(os.path.join(output, stem + '.npy'), saliency.astype(np.float32))
+    group.clear()
+
   for path in tqdm(files, desc='predicting', unit='img', disable=not progress):
     stem = os.path.splitext(os.path.basename(path))[0]
     if stem in stems:
@@ -168,18 +184,14 @@ def predict_files(predictor: Predictor, files: Sequence[str], output: str, *,
       continue
     stems[stem] = path
     try:
-      image = read_image(path)
-      saliency = blur(predictor.predict(image), blur_sigma)
+      group.append((stem, read_image(path)))
     except ValueError as e:
       errors.append(str(e))
       continue
-    target = os.path.join(output, stem + '.png')
-    _write_png(target, to_uint8(saliency))
-    written.append(target)
-    if overlay_maps:
-      _write_png(os.path.join(output, stem + '_overlay.png'), overlay(image, saliency))
-    if npy:
-      np.save(os.path.join(output, stem + '.npy'), saliency.astype(np.float32))
+    if len(group) == predictor.batch_size:
+      flush()
+  if group:
+    flush()
   return written, errors
 
 

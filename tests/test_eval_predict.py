@@ -102,8 +102,9 @@ def test_predictor_maps_have_each_images_size(run_dir, tmp_path):
 def test_predict_command_reports_bad_files_and_writes_the_rest(run_dir, tmp_path):
   write_images(tmp_path / 'in')
   out = tmp_path / 'out'
+  # Sorted, broken.jpg fails to read; batches of 3: gray, rgb, rgba, then rotated.
   code = predict.main(['--checkpoint', run_dir, '--output', str(out), '--overlay', '--npy',
-                       '--format', 'salicon', str(tmp_path / 'in')])
+                       '--format', 'salicon', '--batch_size', '3', str(tmp_path / 'in')])
   assert code == 1  # broken.jpg
   for stem, hw in [('rgb', (37, 53)), ('gray', (37, 53)), ('rgba', (37, 53)),
                    ('rotated', (53, 37))]:
@@ -112,6 +113,9 @@ def test_predict_command_reports_bad_files_and_writes_the_rest(run_dir, tmp_path
     assert np.asarray(Image.open(out / f'{stem}_overlay.png')).shape == (*hw, 3)
     raw = np.load(out / f'{stem}.npy')
     np.testing.assert_array_equal(predict.to_uint8(raw), png)
+  # Each map went to its own file: RGBA drops its alpha, gray differs.
+  np.testing.assert_allclose(np.load(out / 'rgba.npy'), np.load(out / 'rgb.npy'), atol=1e-6)
+  assert np.abs(np.load(out / 'gray.npy') - np.load(out / 'rgb.npy')).max() > 1e-4
   assert not (out / 'broken.png').exists()
   with zipfile.ZipFile(out / 'submission.zip') as z:
     assert sorted(z.namelist()) == ['gray.png', 'rgb.png', 'rgba.png', 'rotated.png']

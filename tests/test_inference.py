@@ -77,7 +77,7 @@ def test_streams_run_concurrently():
 
   def fn(x):
     barrier.wait()
-    return x + threading.get_ident() * 0
+    return x
 
   x = np.arange(6, dtype=np.float32)[:, None]
   np.testing.assert_array_equal(inference.apply_in_streams(fn, x, 3, 2), x)
@@ -86,6 +86,33 @@ def test_streams_run_concurrently():
 def test_bad_streams():
   with pytest.raises(ValueError, match='streams and chunk must be at least 1, got 0 and 1'):
     inference.apply_in_streams(lambda x: x, np.zeros((2, 1)), 0)
+  with pytest.raises(ValueError, match='streams and chunk must be at least 1, got 2 and 0'):
+    inference.apply_in_streams(lambda x: x, np.zeros((2, 1)), 2, 0)
+
+
+def test_an_error_in_one_stream_reaches_the_caller():
+  def fn(x):
+    if x[0, 0] > 0:
+      raise ValueError(f'bad part starting with {x[0, 0]}')
+    return x
+
+  x = np.arange(4, dtype=np.float32)[:, None]
+  with pytest.raises(ValueError, match='bad part starting with 2.0'):
+    inference.apply_in_streams(fn, x, 2, 2)
+
+
+def test_streams_inside_jit_are_one_call():
+  """Traced images cannot be sliced in other threads: under jit the batch is one call."""
+  seen = []
+
+  def fn(x):
+    seen.append(x.shape[0])
+    return x * 2.0
+
+  x = jnp.arange(8.0).reshape(8, 1)
+  np.testing.assert_array_equal(
+      jax.jit(lambda x: inference.apply_in_streams(fn, x, 2, 2))(x), x * 2.0)
+  assert seen == [8]
 
 
 def test_model_in_streams_equals_the_whole_batch(monkeypatch):
@@ -98,10 +125,17 @@ def test_model_in_streams_equals_the_whole_batch(monkeypatch):
   whole = jax.jit(model.apply)(variables, x)
   monkeypatch.setattr(inference, 'CPU_CHUNK_PIXELS', 2 * 48 * 64)
   monkeypatch.setattr(inference, '_cpu_cores', lambda: 2)
-  assert inference.stream_count(x.shape) == 2
-  got = inference.streamed_apply(model, lambda maps: maps[..., 0])(variables, x)
+  calls, in_streams = [], inference.apply_in_streams
+  monkeypatch.setattr(inference, 'apply_in_streams',
+                      lambda fn, x, streams, chunk: calls.append((len(x), streams, chunk))
+                      or in_streams(fn, x, streams, chunk))
+  apply = inference.streamed_apply(model, lambda maps: maps[..., 0])
+  got = apply(variables, x)
+  assert calls == [(5, 2, 2)]
   assert got.shape == (5, 48, 64)
   np.testing.assert_allclose(got, whole[..., 0], atol=1e-5)
+  # Inside jit: one chunked call, the same maps.
+  np.testing.assert_allclose(jax.jit(apply)(variables, x), got, atol=1e-6)
 
 
 def test_model_in_chunks_equals_the_whole_batch():
