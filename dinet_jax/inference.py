@@ -9,15 +9,16 @@ at 3.17 img/s at batch 8 against 3.48 img/s for the same batch as four chunks of
 other inside the jitted function (``lax.map``); :func:`chunk_size` picks at most
 :data:`CPU_CHUNK_PIXELS` pixels per chunk on CPU, the whole batch on accelerators.
 
-A batch of several chunks also runs as concurrent calls (:func:`apply_in_streams`, from
+A batch of several images also runs as concurrent calls (:func:`apply_in_streams`, from
 host threads, :func:`stream_count` of them). One call gains 1.76x from a second core
 where PyTorch gains 1.89x (batch 1: 402-408 ms on one core, 229 ms on two); most likely
 XLA's workers wait at the ends of operations split across the cores, and a second call
 in flight fills those waits (each call holds its own temporary buffers meanwhile).
 Batch 8 at 240x320 ran at 210-211 ms per image as two concurrent calls of four images
-against 225-226 ms as one call (Intel Xeon, 2 cores, 4 turns of 3 calls). Two calls
-queued from one thread run one after the other; so did two independent halves inside
-one program (445 against 440 ms for two images).
+against 225-226 ms as one call, batch 2 at 207 against 221 ms as two calls of one image
+(Intel Xeon, 2 cores, 4-6 turns of 3 calls). Two calls queued from one thread run one
+after the other; so did two independent halves inside one program (445 against 440 ms
+for two images).
 """
 
 from __future__ import annotations
@@ -53,12 +54,10 @@ CPU_STREAMS = 2
 
 def stream_count(shape: Sequence[int], backend: str | None = None) -> int:
   """Concurrent calls for an (N, H, W, C) batch on ``backend`` (default: JAX's): on CPU
-  one per chunk (:func:`chunk_size`), at most :data:`CPU_STREAMS` and the core count;
-  one on accelerators."""
+  one per image, at most :data:`CPU_STREAMS` and the core count; one on accelerators."""
   if (backend or jax.default_backend()) != 'cpu':
     return 1
-  chunks = -(-shape[0] // chunk_size(shape, 'cpu'))
-  return max(1, min(chunks, CPU_STREAMS, _cpu_cores()))
+  return max(1, min(shape[0], CPU_STREAMS, _cpu_cores()))
 
 
 def _cpu_cores() -> int:
@@ -73,18 +72,21 @@ def apply_in_streams(fn: Callable[[Any], Any], images: Any, streams: int,
   """``fn(images)`` as ``streams`` concurrent calls, each from its own host thread, on
   consecutive parts of the batch, concatenated (as JAX arrays) along axis 0.
 
-  Each part is a number of whole chunks of ``chunk`` images; the first parts take the
-  extra chunks and the last part any remainder, so a batch's leading parts all have one
-  shape (batch 8, chunk 2, two streams: 4 + 4; batch 5: 4 + 1). ``fn`` maps a batch to
-  arrays (or a pytree of arrays) with the batch as first axis and must be safe to call
-  from several threads at once, as a jitted function is; each part's call is waited for
-  in its thread, so the calls overlap on the device, and each holds its own temporary
-  buffers meanwhile. With ``streams == 1``, a single chunk, or ``images`` traced by a
-  JAX transformation (inside ``jit``), this is ``fn(images)``.
+  Each part is a number of whole chunks of ``chunk`` images, or of single images where
+  the batch has fewer chunks than ``streams``. The first parts take the extra chunks and
+  the last part any remainder, so a batch's leading parts all have one shape (two
+  streams, chunk 2: batch 8 as 4 + 4, batch 5 as 4 + 1, batch 2 as 1 + 1). ``fn`` maps
+  a batch to arrays (or a pytree of arrays) with the batch as first axis and must be
+  safe to call from several threads at once, as a jitted function is; each part's call
+  is waited for in its thread, so the calls overlap on the device, and each holds its
+  own temporary buffers meanwhile. With ``streams == 1``, a single image, or ``images``
+  traced by a JAX transformation (inside ``jit``), this is ``fn(images)``.
   """
   if streams < 1 or chunk < 1:
     raise ValueError(f'streams and chunk must be at least 1, got {streams} and {chunk}')
   n = images.shape[0]
+  if -(-n // chunk) < streams:
+    chunk = 1
   chunks = -(-n // chunk)
   if streams == 1 or chunks == 1 or isinstance(images, jax.core.Tracer):
     return fn(images)

@@ -43,10 +43,10 @@ def test_stream_count_rule(monkeypatch):
   monkeypatch.setattr(inference, '_cpu_cores', lambda: 2)
   assert inference.stream_count((8, 240, 320, 3), 'cpu') == 2
   assert inference.stream_count((3, 240, 320, 3), 'cpu') == 2
-  assert inference.stream_count((2, 240, 320, 3), 'cpu') == 1  # one chunk
+  assert inference.stream_count((2, 240, 320, 3), 'cpu') == 2
   assert inference.stream_count((2, 480, 640, 3), 'cpu') == 2
   assert inference.stream_count((1, 240, 320, 3), 'cpu') == 1
-  assert inference.stream_count((8, 120, 160, 3), 'cpu') == 1
+  assert inference.stream_count((8, 120, 160, 3), 'cpu') == 2
   assert inference.stream_count((8, 240, 320, 3), 'gpu') == 1
   monkeypatch.setattr(inference, '_cpu_cores', lambda: 1)
   assert inference.stream_count((8, 240, 320, 3), 'cpu') == 1
@@ -54,7 +54,9 @@ def test_stream_count_rule(monkeypatch):
 
 @pytest.mark.parametrize('n, streams, chunk, parts', [
     (8, 2, 2, [4, 4]), (6, 2, 2, [4, 2]), (5, 2, 2, [4, 1]), (3, 2, 1, [2, 1]),
-    (7, 3, 1, [3, 2, 2]), (2, 4, 1, [1, 1]), (4, 2, 4, [4]), (4, 1, 1, [4])])
+    (7, 3, 1, [3, 2, 2]), (2, 4, 1, [1, 1]), (4, 1, 1, [4]), (1, 2, 1, [1]),
+    # Fewer chunks than streams: parts of single images.
+    (2, 2, 2, [1, 1]), (4, 2, 4, [2, 2]), (3, 2, 8, [2, 1])])
 def test_streams_concatenate_to_the_whole_batch(n, streams, chunk, parts):
   seen = []
 
