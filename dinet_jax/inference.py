@@ -138,8 +138,8 @@ def apply_model(model: Any, variables: Any, images: jnp.ndarray,
 def streamed_apply(model: Any,
                    output: Callable[[Any], Any] = lambda maps: maps) -> Callable[[Any, Any], Any]:
   """The library's inference path, ``(variables, images) -> output(maps)``:
-  :func:`apply_model` jitted and called in :func:`stream_count` concurrent parts of whole
-  chunks (:func:`apply_in_streams`). Put the variables on the device first
+  :func:`apply_model` jitted and called in :func:`stream_count` concurrent parts of the
+  batch (:func:`apply_in_streams`). Put the variables on the device first
   (``jax.device_put``); numpy variables would be copied on every call. Inside ``jit`` it
   is one chunked call."""
   apply = jax.jit(lambda v, x: output(apply_model(model, v, x)))

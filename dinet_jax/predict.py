@@ -162,11 +162,22 @@ def predict_files(predictor: Predictor, files: Sequence[str], output: str, *,
   os.makedirs(output, exist_ok=True)
   written, errors = [], []
   stems = {}
-  group = []  # (stem, image) read and waiting for their batch
+  group = []  # (path, stem, image) read and waiting for their batch
 
   def flush():
-    maps = predictor.predict_batch([image for _, image in group])
-    for (stem, image), saliency in zip(group, maps):
+    try:
+      maps = predictor.predict_batch([image for *_, image in group])
+    except ValueError:  # Find the image at fault; the others are still written.
+      maps = []
+      for path, _, image in group:
+        try:
+          maps.append(predictor.predict(image))
+        except ValueError as e:
+          errors.append(f'{path}: {e}')
+          maps.append(None)
+    for (_, stem, image), saliency in zip(group, maps):
+      if saliency is None:
+        continue
       saliency = blur(saliency, blur_sigma)
       target = os.path.join(output, stem + '.png')
       _write_png(target, to_uint8(saliency))
@@ -184,7 +195,7 @@ def predict_files(predictor: Predictor, files: Sequence[str], output: str, *,
       continue
     stems[stem] = path
     try:
-      group.append((stem, read_image(path)))
+      group.append((path, stem, read_image(path)))
     except ValueError as e:
       errors.append(str(e))
       continue

@@ -121,6 +121,33 @@ def test_predict_command_reports_bad_files_and_writes_the_rest(run_dir, tmp_path
     assert sorted(z.namelist()) == ['gray.png', 'rgb.png', 'rgba.png', 'rotated.png']
 
 
+def test_predict_files_reports_an_image_the_model_rejects(tmp_path):
+  """A batch that fails is predicted image by image: the image at fault is reported with
+  its path and the others are written."""
+  write_images(tmp_path / 'in')
+
+  class Stub:
+    batch_size = 8
+
+    def predict(self, image):
+      if image.shape[:2] != (37, 53):
+        raise ValueError(f'unexpected size {image.shape[:2]}')
+      return image[..., 0].astype(np.float32) / 255
+
+    def predict_batch(self, images):
+      return [self.predict(im) for im in images]
+
+  files = predict.find_images([str(tmp_path / 'in')])
+  written, errors = predict.predict_files(Stub(), files, str(tmp_path / 'out'), npy=True,
+                                          progress=False)
+  assert sorted(os.path.basename(p) for p in written) == ['gray.png', 'rgb.png', 'rgba.png']
+  assert len(errors) == 2 and 'broken.jpg' in errors[0]
+  assert errors[1] == f'{tmp_path / "in" / "rotated.jpg"}: unexpected size (53, 37)'
+  rgb = np.asarray(Image.open(tmp_path / 'in' / 'rgb.png'))
+  np.testing.assert_allclose(np.load(tmp_path / 'out' / 'rgb.npy'), rgb[..., 0] / 255,
+                             rtol=1e-6)
+
+
 def test_panel_denormalises_images():
   from dinet_jax import input_pipeline
   rgb = (np.random.default_rng(1).random((4, 5, 3)) * 255).astype(np.uint8)
