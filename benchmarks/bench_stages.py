@@ -8,9 +8,10 @@ with ``dinet_jax.convert.torch_dinet_to_flax``): the stem (conv1, BatchNorm, ReL
 pool), then up to layer1, ..., layer4, then with the context module, then the whole
 network (decoder and bilinear upsampling). A stage's time is the difference between
 consecutive truncations, so it includes whatever the truncation changes in the
-compiled program around it. JAX runs each truncation under ``jit`` with the Winograd
-kernel transforms computed beforehand (``inference.prepare_variables``), as
-``bench_vs_torch``'s inference case does; PyTorch runs in ``eval()`` and
+compiled program around it. JAX runs each truncation under ``jit`` as one call (also
+for batches that the library's inference path would split into concurrent calls, see
+``dinet_jax.inference.apply_in_streams``) with the Winograd kernel transforms computed
+beforehand (``inference.prepare_variables``); PyTorch runs in ``eval()`` and
 ``torch.inference_mode()``, in ``--memory-format`` (default ``channels_last``, the
 faster one for inference in ``bench_vs_torch``).
 
@@ -75,6 +76,26 @@ def torch_truncations(net: Any) -> dict[str, Callable]:
   return parts
 
 
+def truncation_errors(jax_fns: dict[str, Callable], torch_fns: dict[str, Callable],
+                      images: np.ndarray) -> dict[str, tuple[float, tuple[int, ...]]]:
+  """Per truncation: max |JAX - PyTorch| / max(1, max |PyTorch|) on NHWC ``images``, and
+  the NHWC output shape (JAX's; PyTorch's must be the same)."""
+  import jax
+  import torch
+
+  out = {}
+  with torch.inference_mode():
+    for s in STAGES:
+      got = np.asarray(jax.jit(jax_fns[s])(images))
+      expected = torch_fns[s](torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+      expected = expected.permute(0, 2, 3, 1).numpy()
+      if got.shape != expected.shape:
+        raise ValueError(f'{s}: JAX shape {got.shape}, PyTorch shape {expected.shape}')
+      scale = max(1.0, float(np.max(np.abs(expected))))
+      out[s] = (float(np.max(np.abs(got - expected))) / scale, got.shape)
+  return out
+
+
 def _turn(fn: Callable[[], Any], turn: int, pause: float, settle: float) -> list[float]:
   """A pause, untimed calls for ``settle`` seconds, then ``turn`` timed calls."""
   time.sleep(pause)
@@ -122,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
   # Each truncation agrees between the frameworks (plain variables, a small input).
   small = np.random.default_rng(0).standard_normal((1, 64, 96, 3)).astype(np.float32)
-  jt, tt = jax_truncations(model, variables), torch_truncations(net)
-  errs = {}
-  with torch.inference_mode():
-    for s in STAGES:
-      expected = tt[s](torch.from_numpy(small.transpose(0, 3, 1, 2).copy())).numpy()
-      got = np.asarray(jax.jit(jt[s])(jnp.asarray(small))).transpose(0, 3, 1, 2)
-      errs[s] = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
+  errs = {s: e for s, (e, _) in truncation_errors(
+      jax_truncations(model, variables), torch_truncations(net), small).items()}
   print('max |JAX - PyTorch| / max(1, max |PyTorch|) per truncation: '
         + ', '.join(f'{s} {e:.1e}' for s, e in errs.items()), flush=True)
   if max(errs.values()) > 1e-4:
