@@ -90,9 +90,10 @@ def apply_in_streams(fn: Callable[[Any], Any], images: Any, streams: int,
   chunks = -(-n // chunk)
   if streams == 1 or chunks == 1 or isinstance(images, jax.core.Tracer):
     return fn(images)
-  per_part, extra = divmod(chunks, min(streams, chunks))
+  parts = min(streams, chunks)
+  per_part, extra = divmod(chunks, parts)
   bounds, start = [], 0
-  for i in range(min(streams, chunks)):
+  for i in range(parts):
     stop = min(n, start + (per_part + (i < extra)) * chunk)
     bounds.append((start, stop))
     start = stop
@@ -100,9 +101,9 @@ def apply_in_streams(fn: Callable[[Any], Any], images: Any, streams: int,
   def call(bound):
     return jax.block_until_ready(fn(images[bound[0]:bound[1]]))
 
-  with concurrent.futures.ThreadPoolExecutor(len(bounds)) as pool:
-    parts = list(pool.map(call, bounds))
-  return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+  with concurrent.futures.ThreadPoolExecutor(parts) as pool:
+    results = list(pool.map(call, bounds))
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *results)
 
 
 def apply_in_chunks(fn: Callable[[jnp.ndarray], Any], images: jnp.ndarray,

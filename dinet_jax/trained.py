@@ -33,9 +33,9 @@ class TrainedModel:
     self._apply = inference.streamed_apply(self.model, lambda maps: maps[..., 0])
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
-    if not isinstance(images, jax.Array):
-      images = np.asarray(images, np.float32)
-    return np.asarray(self._apply(self.variables, images.astype(np.float32)))
+    images = (images.astype(np.float32) if isinstance(images, jax.Array)
+              else np.asarray(images, np.float32))  # no copy of float32 arrays
+    return np.asarray(self._apply(self.variables, images))
 
   @property
   def config(self) -> dict[str, Any]:
