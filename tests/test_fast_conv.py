@@ -100,6 +100,27 @@ def test_winograd_tiles_equal_float64_convolution(tile, h, w, d):
     assert err <= TILE_ERROR[tile], (name, err)
 
 
+@pytest.mark.parametrize('tile', [(2, 2), (2, 4), (4, 2)], ids=str)
+@pytest.mark.parametrize('d', [1, 3])
+def test_winograd_patches_are_the_overlapping_tiles(tile, d):
+  """Each element of each tile, by its index formula, with a batch of two; and the
+  gradient sends each tile element back to the input element it was read from."""
+  (mh, mw), bh, bw, n, c = tile, 3, 2, 2, 5
+  hp, wp = (mh * bh + 2) * d, (mw * bw + 2) * d
+  xp = np.random.default_rng(7).standard_normal((n, hp, wp, c)).astype(np.float32)
+  got = np.asarray(layers.winograd_patches(jnp.asarray(xp), tile, d))
+  assert got.shape == (mh + 2, mw + 2, n, bh, d, bw, d, c)
+  for a, b, ni, i, r, j, s in np.ndindex(got.shape[:-1]):
+    np.testing.assert_array_equal(got[a, b, ni, i, r, j, s],
+                                  xp[ni, (mh * i + a) * d + r, (mw * j + b) * d + s])
+  reads = np.zeros(xp.shape[:3])
+  for a, b, i, r, j, s in np.ndindex(mh + 2, mw + 2, bh, d, bw, d):
+    reads[:, (mh * i + a) * d + r, (mw * j + b) * d + s] += 1
+  _, vjp = jax.vjp(lambda x: layers.winograd_patches(x, tile, d), jnp.asarray(xp))
+  np.testing.assert_array_equal(vjp(jnp.ones(got.shape))[0],
+                                np.broadcast_to(reads[..., None], xp.shape))
+
+
 def test_precomputed_kernel_transform_and_bad_tiles():
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((1, 12, 17, 32)), jnp.float32)

@@ -318,6 +318,22 @@ def _transposed_grad_bwd(precision, preferred_element_type, residuals, dm):
 _batched_product_transposed_grad.defvjp(_transposed_grad_fwd, _transposed_grad_bwd)
 
 
+def winograd_patches(xp: jnp.ndarray, tile: tuple[int, int], d: int) -> jnp.ndarray:
+  """The Winograd input tiles of a padded (N, (m_h b_h + 2) d, (m_w b_w + 2) d, C) map
+  ``xp``, (t_h, t_w, N, b_h, d, b_w, d, C) with t = m + 2: element (a, b) of tile
+  (n, i, r, j, s) is ``xp[n, (m_h i + a) d + r, (m_w j + b) d + s]``.
+
+  Stacked per tile row: XLA's CPU backend compiles this nesting into one concatenating
+  loop, where one stack of all t_h t_w strided slices ran as that many slice operations
+  and a copy (DINet, 240x320: 2.6% of batch-1 inference, 1.5-2% of a training step).
+  """
+  (mh, mw), (n, hp, wp, c) = tile, xp.shape
+  bh, bw = (hp // d - 2) // mh, (wp // d - 2) // mw
+  xr = xp.reshape(n, mh * bh + 2, d, mw * bw + 2, d, c)
+  return jnp.stack([jnp.stack([xr[:, a:a + mh * bh:mh, :, b:b + mw * bw:mw]
+                               for b in range(mw + 2)]) for a in range(mh + 2)])
+
+
 def _winograd_conv(x, kernel, geo: _Geometry, tile: tuple[int, int],
                    transformed: jnp.ndarray | None = None):
   """3x3 stride-1 convolution with dilation d and padding d, Winograd F(m_h x m_w, 3x3).
@@ -340,10 +356,7 @@ def _winograd_conv(x, kernel, geo: _Geometry, tile: tuple[int, int],
   bh, bw = hp // (mh * d), wp // (mw * d)
   tiles = n * bh * d * bw * d
   xp = jnp.pad(x, ((0, 0), (d, hp - h + d), (d, wp - w + d), (0, 0)))
-  xr = xp.reshape(n, mh * bh + 2, d, mw * bw + 2, d, c)
-  patches = jnp.stack([xr[:, a:a + mh * bh:mh, :, b:b + mw * bw:mw]
-                       for a in range(th) for b in range(tw)])
-  v = _left_matmul(bb, patches).reshape(th * tw, tiles, c)
+  v = _left_matmul(bb, winograd_patches(xp, tile, d)).reshape(th * tw, tiles, c)
   if transformed is None:
     transformed = winograd_kernel(kernel, tile)
   u = transformed.reshape(th * tw, c, cout)
