@@ -20,16 +20,16 @@ from dinet_jax.models.layers import conv_general, conv_method, matmul_conv, use_
 # the dilation).
 GEOMETRIES = [
     (13, 11, 3, 7, 2, 1, (3, 3), ('im2col', 'auto')),
-    (9, 10, 32, 3, 2, 1, (1, 1), ('taps', 'im2col')),
+    (9, 10, 32, 3, 2, 1, (1, 1), ('taps', 'im2col', 'tap_outputs')),
     (9, 9, 32, 1, 2, 1, (0, 0), ('taps',)),
     (7, 9, 32, 1, 1, 1, (0, 0), ('taps',)),
-    (7, 9, 32, 3, 1, 1, (1, 1), ('taps', 'winograd')),
+    (7, 9, 32, 3, 1, 1, (1, 1), ('taps', 'winograd', 'tap_outputs')),
     (15, 20, 32, 3, 1, 2, (2, 2), ('taps', 'winograd')),
     (15, 20, 32, 3, 1, 4, (4, 4), ('taps', 'winograd')),
     (15, 20, 32, 3, 1, 8, (8, 8), ('taps', 'winograd')),
-    (15, 20, 32, 3, 1, 16, (16, 16), ('taps', 'winograd')),
-    (5, 6, 32, 3, 3, 2, (1, 2), ('taps', 'im2col')),
-    (4, 4, 32, 3, 1, 5, (5, 5), ('taps', 'winograd')),
+    (15, 20, 32, 3, 1, 16, (16, 16), ('taps', 'winograd', 'tap_outputs')),
+    (5, 6, 32, 3, 3, 2, (1, 2), ('taps', 'im2col', 'tap_outputs')),
+    (4, 4, 32, 3, 1, 5, (5, 5), ('taps', 'winograd', 'tap_outputs')),
 ]
 
 
@@ -151,6 +151,10 @@ def test_auto_picks_winograd_where_it_saves_products_and_taps_where_padding_domi
   assert conv_method((1, 240, 320, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3))) == 'xla'
   assert conv_method((1, 60, 80, 128), (3, 3, 128, 128), (2, 2), ((1, 1), (1, 1))) == 'taps'
   assert conv_method((1, 30, 40, 1024), (1, 1, 1024, 256), (1, 1), ((0, 0), (0, 0))) == 'taps'
+  # The decoder's output layer, 256 -> 1: all taps' products in one matmul (9 x 1
+  # outputs per pixel, no more than the 256 inputs); at 9 x 64 > 256 outputs, taps.
+  assert conv_method((1, 30, 40, 256), (3, 3, 256, 1), **d(1)) == 'tap_outputs'
+  assert conv_method((1, 30, 40, 256), (3, 3, 256, 64), **d(16)) == 'taps'
   # Tiles: the one with the fewest multiply-adds once the output is padded to a multiple
   # of the tile times the rate. A 40-column map at rate 4 pads to 40 for 2-wide tiles,
   # 48 for 4-wide ones; 30 rows pad to 32 for both.
