@@ -142,6 +142,13 @@ def _window(src: jnp.ndarray, t: _Tap, strides: tuple[int, int]) -> jnp.ndarray:
                    (1, sh, sw, 1))
 
 
+def _place(part: jnp.ndarray, t: _Tap, oh: int, ow: int) -> jnp.ndarray:
+  """Tap ``t``'s products on its output region, zero-padded to the (oh, ow) output."""
+  if (t.y0, t.y1, t.x0, t.x1) == (0, oh, 0, ow):
+    return part
+  return jnp.pad(part, ((0, 0), (t.y0, oh - t.y1), (t.x0, ow - t.x1), (0, 0)))
+
+
 def _dot(x: jnp.ndarray, w: jnp.ndarray, geo: _Geometry) -> jnp.ndarray:
   return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=geo.precision,
                          preferred_element_type=geo.preferred_element_type)
@@ -163,12 +170,8 @@ def _tap_conv_fwd(x, kernel, geo: _Geometry):
   if not taps:
     dtype = geo.preferred_element_type or jnp.result_type(x.dtype, kernel.dtype)
     return jnp.zeros((n, oh, ow, cout), dtype), (x, kernel)
-  parts = []
-  for t in taps:
-    part = _dot(_window(x, t, geo.strides), kernel[t.i, t.j], geo)
-    if (t.y0, t.y1, t.x0, t.x1) != (0, oh, 0, ow):
-      part = jnp.pad(part, ((0, 0), (t.y0, oh - t.y1), (t.x0, ow - t.x1), (0, 0)))
-    parts.append(part)
+  parts = [_place(_dot(_window(x, t, geo.strides), kernel[t.i, t.j], geo), t, oh, ow)
+           for t in taps]
   return _sum(parts), (x, kernel)
 
 
@@ -239,13 +242,9 @@ def _tap_outputs_conv(x, kernel, geo: _Geometry):
   if not taps:
     return _tap_conv(x, kernel, geo)
   z = _dot(x, jnp.concatenate([kernel[t.i, t.j] for t in taps], axis=1), geo)
-  parts = []
-  for q, t in enumerate(taps):
-    part = _window(z[..., q * cout:(q + 1) * cout], t, geo.strides)
-    if (t.y0, t.y1, t.x0, t.x1) != (0, oh, 0, ow):
-      part = jnp.pad(part, ((0, 0), (t.y0, oh - t.y1), (t.x0, ow - t.x1), (0, 0)))
-    parts.append(part)
-  return functools.reduce(jnp.add, parts)
+  return functools.reduce(jnp.add, [
+      _place(_window(z[..., q * cout:(q + 1) * cout], t, geo.strides), t, oh, ow)
+      for q, t in enumerate(taps)])
 
 
 # Winograd F(m, 3) (Lavin & Gray 2016) for m = 2 and 4 outputs per tile and axis: per
